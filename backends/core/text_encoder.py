@@ -54,7 +54,7 @@ class MiniLMEncoder(torch.nn.Module):
         batch = self.tokenizer(
             sentences, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
-        states = self.model(**batch).last_hidden_state
+        states = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].bool()
         summed = (states * mask.unsqueeze(-1)).sum(1)
         pooled = torch.nn.functional.normalize(summed / mask.sum(1, keepdim=True).clamp(min=1), dim=-1)

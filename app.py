@@ -1,0 +1,49 @@
+"""HeadLab: an interactive lab for task-specific attention heads across modalities.
+
+``python app.py`` serves the four panels on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override).
+Each panel talks to its own backend service, in this process or remote, as ``spaces.yml`` says.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gradio as gr
+
+from backends.core.client import make_client
+from backends.core.config import AppConfig, load_config
+from backends.core.registry import service_class
+from backends.serve.api import add_api_endpoints
+from ui.common import backend_status, queue_settings
+
+TAB_LABELS = {
+    "heads": "Heads",
+    "guidance": "Guidance",
+    "segmentation": "Referring segmentation",
+    "restoration": "Restoration",
+}
+
+INTRO = """# HeadLab
+Explore *task-specific attention heads*: what heads of language models attend to, how perturbing single heads of a
+diffusion transformer steers its images, and how attention fuses text with images to segment and restore them.
+Every panel runs offline on an embedded model; hub models load when the hub is reachable."""
+
+
+def build_app(config: AppConfig | None = None) -> gr.Blocks:
+    """The HeadLab Gradio app: one tab per panel plus the API routes of every panel."""
+    config = config or load_config()
+    with gr.Blocks(title=config.title) as app:
+        gr.Markdown(INTRO)
+        for name, panel in config.panels.items():
+            client = make_client(panel)
+            with gr.Tab(TAB_LABELS[name], id=name):
+                status = gr.Markdown()
+                panel_ui = importlib.import_module(f"ui.{name}")
+                panel_ui.build(client, panel)
+            app.load(lambda client=client: backend_status(client), None, status, queue=False)
+            add_api_endpoints(client.call, service_class(name).endpoints(), **queue_settings(panel))
+    return app
+
+
+if __name__ == "__main__":
+    build_app().queue(default_concurrency_limit=1, max_size=64).launch(show_error=True, max_file_size="20mb")

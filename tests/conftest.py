@@ -1,0 +1,63 @@
+"""Shared fixtures: offline mode, free loopback ports, and a served backend process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until something listens on ``port`` (fails if ``process`` dies or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def start_process(code: str, port: int, log: Path) -> subprocess.Popen:
+    """Run ``code`` with Python from the repo root in a new process, logging to ``log``; wait for ``port``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    wait_for_port(port, process)
+    return process
+
+
+@pytest.fixture
+def echo_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The echo service served by `backends.serve` in a second process on loopback."""
+    port = free_port()
+    code = (
+        "import backends.core.registry as r; r.SERVICES['echo'] = 'tests.echo_service:EchoService'\n"
+        "from backends.serve.__main__ import build_server\n"
+        f"build_server('echo').queue().launch(server_name='127.0.0.1', server_port={port})\n"
+    )
+    process = start_process(code, port, tmp_path / "echo-server.log")
+    yield f"http://127.0.0.1:{port}", process
+    process.kill()
+    process.wait()
