@@ -42,7 +42,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	for script in bench/bench_*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$script; done
+	for script in bench/bench_*.py; do name=$${script%.py}; HF_HUB_OFFLINE=1 $(BIN)/python -m $${name//\//.}; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -61,3 +61,51 @@ def echo_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     yield f"http://127.0.0.1:{port}", process
     process.kill()
     process.wait()
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = ROOT / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The whole HeadLab app launched as a user would (`python app.py`), on a free loopback port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    os.environ["GRADIO_SERVER_PORT"] = str(port)
+    try:
+        process = start_process("import runpy; runpy.run_path('app.py', run_name='__main__')", port, log)
+    finally:
+        del os.environ["GRADIO_SERVER_PORT"]
+    yield f"http://127.0.0.1:{port}"
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def page(app_url: str, request: pytest.FixtureRequest):
+    """A headless Chromium page on the app; a screenshot is saved to artifacts/ when the test fails."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (make test installs it)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app_url, wait_until="networkidle")
+        yield page
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+        browser.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Remember each phase's report on the test item (the `page` fixture reads it to save failure screenshots)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

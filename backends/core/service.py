@@ -94,6 +94,9 @@ class Service:
     def __init__(self, device: str | None = None):
         import torch
 
+        threads = os.environ.get("HEADLAB_TORCH_THREADS")
+        if threads:  # e.g. 1 on a small shared CPU, where extra threads only thrash
+            torch.set_num_threads(int(threads))
         self.device = pick_device(device)
         self.dtype = torch.float16 if self.device.startswith("cuda") and self.half_precision_safe else torch.float32
         self._models: OrderedDict[str, Any] = OrderedDict()

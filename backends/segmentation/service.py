@@ -1,0 +1,213 @@
+"""The Referring-segmentation panel's backend service.
+
+``segment(image, expression, points, box, model)`` returns the mask and RemoteSAM's tasks derived from it
+(detection boxes, count, grounding box, presence); ``segment_view`` adds the overlay, the candidates, a chosen
+threshold/candidate and the COCO RLE for the panel; ``segment_attention`` draws where one word of the expression
+looks in one fusion head of the embedded model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from backends.core.service import Service, ServiceError, endpoint
+from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
+from backends.segmentation.export import encode_rle, mask_image, overlay
+from backends.segmentation.hub import HUB_ID, HubSegmenter
+from backends.segmentation.query import LRUCache, Prediction, Query, SegmentationModel, parse_box, parse_points
+from backends.segmentation.tasks import PRESENCE_THRESHOLD, Detection, detect, grounding_box, presence_score
+
+MAX_SIDE = 2048
+MIN_SIDE = 8
+HEATMAP_RGB = np.array([255, 40, 0], np.float32)
+
+
+@dataclass
+class Result:
+    """One answered query: the prepared query, the prediction, the chosen candidate and the derived tasks."""
+
+    query: Query
+    prediction: Prediction
+    candidate: int
+    mask: np.ndarray
+    detections: list[Detection]
+    summary: dict
+
+
+def prepare_image(image: Image.Image | None) -> tuple[Image.Image, float, list[str]]:
+    """An RGB image no larger than MAX_SIDE, the scale applied and notes on what was changed."""
+    if image is None:
+        raise ServiceError("Please upload an image or pick an example.")
+    notes = []
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+        notes.append("transparent parts were put on white")
+    if image.mode in ("I", "I;16", "F"):
+        values = np.asarray(image, np.float32)
+        span = float(values.max() - values.min()) or 1.0
+        image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
+    if image.mode in ("L", "1", "I", "F", "I;16"):
+        notes.append("grayscale image converted to RGB")
+    image = image.convert("RGB")
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise ServiceError(f"The image is too small ({width}×{height}); give one at least {MIN_SIDE} px a side.")
+    scale = 1.0
+    if max(width, height) > MAX_SIDE:
+        scale = MAX_SIDE / max(width, height)
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+        notes.append(f"downscaled from {width}×{height} to {image.width}×{image.height}; coordinates in the "
+                     f"answer refer to the downscaled image (scale {scale:.4f})")
+    return image, scale, notes
+
+
+class SegmentationService(Service):
+    """Referring segmentation from text, clicks and a box, and the tasks derived from the mask."""
+
+    panel = "segmentation"
+    default_model = EMBEDDED_ID
+    known_models = (EMBEDDED_ID, HUB_ID)
+    half_precision_safe = False
+    max_cached_predictions = 8
+
+    def __init__(self, device: str | None = None):
+        super().__init__(device)
+        self._predictions: LRUCache[tuple, Prediction] = LRUCache(self.max_cached_predictions)
+
+    def _predict(self, segmenter: SegmentationModel, query: Query) -> tuple[Prediction, bool]:
+        """The model's candidates for ``query`` and whether they were cached: an identical query (only the
+        threshold or the candidate changed) reuses the earlier answer instead of running the model again."""
+        image_key = hashlib.blake2b(query.image.tobytes(), digest_size=16).hexdigest()
+        key = (segmenter.name, image_key, query.image.size, query.expression, tuple(query.points), query.box)
+        cached = self._predictions.get(key)
+        if cached is not None:
+            return cached, True
+        prediction = segmenter.predict(query)
+        self._predictions.put(key, prediction)
+        return prediction, False
+
+    def load_model(self, model_id: str) -> SegmentationModel:
+        """The embedded segmenter, or SAM (+ CLIPSeg) from the hub for any other id."""
+        if model_id == EMBEDDED_ID:
+            try:
+                return EmbeddedSegmenter.load(ASSETS, self.device)
+            except FileNotFoundError as error:
+                raise ServiceError(str(error)) from error
+        return HubSegmenter.from_pretrained(model_id, self.device)
+
+    def _query(self, image: Image.Image | None, expression: str, points: str, box: str) -> tuple[Query, float, list]:
+        prepared, scale, notes = prepare_image(image)
+        width, height = (round(v / scale) for v in prepared.size)
+        clicks, click_notes = parse_points(points or "", width, height)
+        given_box = parse_box(box or "", width, height)
+        expression = (expression or "").strip()
+        if not expression and not clicks and given_box is None:
+            raise ServiceError("Type an expression (e.g. 'the red bag'), click a point or give a box.")
+        if scale != 1.0:
+            clicks = [(x * scale, y * scale, label) for x, y, label in clicks]
+            given_box = tuple(v * scale for v in given_box) if given_box else None
+        return Query(prepared, expression, clicks, given_box), scale, notes + click_notes
+
+    def _answer(self, image: Image.Image | None, expression: str, points: str, box: str, model: str,
+                threshold: float = 0.5, candidate: int = -1) -> Result:
+        if not 0.0 < threshold < 1.0:
+            raise ServiceError(f"threshold must lie between 0 and 1, not {threshold}")
+        started = time.perf_counter()
+        query, scale, notes = self._query(image, expression, points, box)
+        segmenter = self.model(model)
+        prediction, answer_cached = self._predict(segmenter, query)
+        count = len(prediction.scores)
+        if candidate >= count or candidate < -1:
+            raise ServiceError(f"candidate must be -1 (best) or 0…{count - 1}, not {candidate}")
+        chosen = int(np.argmax(prediction.scores)) if candidate == -1 else candidate
+        probability = prediction.probabilities[chosen]
+        mask = probability > threshold
+        detections = detect(probability, threshold)
+        presence = presence_score(probability, threshold)
+        summary = {
+            "model": segmenter.name,
+            "score": round(float(prediction.scores[chosen]), 4),
+            "candidate": chosen,
+            "candidates": [{"index": i, "score": round(float(s), 4), "area": int((p > threshold).sum())}
+                           for i, (s, p) in enumerate(zip(prediction.scores, prediction.probabilities, strict=True))],
+            "threshold": threshold,
+            "boxes": [{"box": list(d.box), "score": round(d.score, 4)} for d in detections],
+            "count": len(detections),
+            "grounding_box": list(g) if (g := grounding_box(detections)) else None,
+            "present": bool(detections) and presence > PRESENCE_THRESHOLD,
+            "presence_score": round(presence, 4),
+            "area": int(mask.sum()),
+            "image_size": list(query.image.size),
+            "scale": scale,
+            "feature_cache_hit": answer_cached or bool(prediction.extras.get("feature_cache_hit", False)),
+            "answer_cache_hit": answer_cached,
+            "notes": notes,
+        }
+        summary["seconds"] = round(time.perf_counter() - started, 4)
+        return Result(query, prediction, chosen, mask, detections, summary)
+
+    @endpoint("image", "json")
+    def segment(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
+                model: str = "") -> tuple[Image.Image, dict]:
+        """Mask for an expression and/or clicks ``[[x, y, 1|0], …]`` and a box ``[x0, y0, x1, y1]``, plus the
+        tasks derived from it: score, detection boxes, count, grounding box and presence."""
+        result = self._answer(image, expression, points, box, model)
+        return mask_image(result.mask), result.summary
+
+    @endpoint("image", "image", "json")
+    def segment_view(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
+                     model: str = "", threshold: float = 0.5, candidate: int = -1) -> tuple[Image.Image, Image.Image,
+                                                                                           dict]:
+        """As ``segment`` with a threshold and a candidate (-1 = best score); returns the overlay (mask tint,
+        contours, boxes, clicks), the mask and the JSON with the COCO RLE of the mask."""
+        result = self._answer(image, expression, points, box, model, threshold, candidate)
+        summary = {**result.summary, "rle": encode_rle(result.mask)}
+        picture = overlay(result.query.image, result.mask, result.detections, result.query.points, result.query.box)
+        return picture, mask_image(result.mask), summary
+
+    @endpoint("image", "json")
+    def segment_attention(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
+                  layer: int = -1, head: int = -1, token: int = 1) -> tuple[Image.Image, dict]:
+        """Where text token ``token`` of the expression looks in the image, in fusion layer ``layer`` (-1 = last)
+        and head ``head`` (-1 = mean over heads) of the embedded model (tokens→image cross-attention)."""
+        query, _, _ = self._query(image, expression, points, box)
+        if not query.expression:
+            raise ServiceError("Type an expression to see where its words look.")
+        segmenter = self.model(EMBEDDED_ID)
+        prediction = segmenter.predict(query, return_attention=True)
+        maps = prediction.extras["attention"]["tokens_to_image"]  # per layer [1, heads, tokens, h·w]
+        tokens = prediction.extras["tokens"]
+        layers, heads = len(maps), maps[0].shape[1]
+        if not -layers <= layer < layers:
+            raise ServiceError(f"layer must be in -{layers}…{layers - 1}, not {layer}")
+        if not -1 <= head < heads:
+            raise ServiceError(f"head must be -1 (mean) or 0…{heads - 1}, not {head}")
+        if not 0 <= token < len(tokens):
+            raise ServiceError(f"token must be 0…{len(tokens) - 1} (the expression has {len(tokens)} tokens)")
+        weights = maps[layer][0].float()
+        weights = weights.mean(0) if head == -1 else weights[head]
+        first_text = 1 + segmenter.model.config.num_masks + segmenter.model.config.max_prompts
+        side = int(round(weights.shape[-1] ** 0.5))
+        grid = weights[first_text + token].reshape(side, side).cpu().numpy()
+        picture = self._heatmap(query.image, grid, prediction.extras["frame"])
+        return picture, {"tokens": tokens, "token": token, "layer": layer, "head": head, "layers": layers,
+                         "heads": heads, "peak": round(float(grid.max()), 4)}
+
+    @staticmethod
+    def _heatmap(image: Image.Image, grid: np.ndarray, frame) -> Image.Image:
+        """``grid`` (model frame) stretched over the image's letterboxed area and blended onto it."""
+        side = frame.side
+        full = np.asarray(Image.fromarray((grid / max(grid.max(), 1e-8) * 255).astype(np.uint8)).resize(
+            (side, side), Image.BILINEAR), np.float32) / 255
+        h, w = round(frame.height * frame.scale), round(frame.width * frame.scale)
+        crop = full[frame.top:frame.top + max(1, h), frame.left:frame.left + max(1, w)]
+        heat = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR),
+                          np.float32)[..., None] / 255
+        rgb = np.asarray(image, np.float32)
+        return Image.fromarray((rgb * (1 - 0.6 * heat) + HEATMAP_RGB * 0.6 * heat).clip(0, 255).astype(np.uint8))

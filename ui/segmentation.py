@@ -1,0 +1,166 @@
+"""The Referring-segmentation tab: text, clicks and a box → masks, and the tasks derived from one mask.
+
+Talks to the segmentation backend only through its client (``segment_view``, ``segment_attention``). Clicks land on
+the result picture; the backend caches each image's features, so every further click or threshold change is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from backends.core.client import Client
+from backends.core.config import PanelConfig
+from ui.common import call_backend, explanation, model_choices, queue_settings
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "segmentation" / "examples"
+CLICK_MODES = ("Include (+)", "Exclude (−)", "Box corner")
+CANDIDATES = ("Best score", "1", "2", "3")
+
+INTRO = """### Referring segmentation: one mask, many tasks
+Upload an image or pick an example, type what to find (*"the bag left of the sneaker"*, *"all the shirts"*), and/or
+click on the picture on the right (include / exclude points, or two box corners). The mask also gives detection
+boxes, a count, a grounding box and a yes/no presence answer, as in RemoteSAM."""
+
+EXPLANATION = """
+**The embedded model** (trained by HeadLab on generated scenes of Fashion-MNIST items and shapes) follows SAM's
+layout. A small conv network and two transformer layers turn the image into a 16×16 grid of features, computed once
+per image and cached. The expression goes through the frozen sentence model all-MiniLM-L6-v2, whose token states
+become *text tokens*; clicks and box corners become *prompt tokens* (position encoding + a type embedding). In three
+fusion blocks the tokens attend to the image (*tokens→image* heads: where does the word "bag" look?) and the image
+attends back to the tokens (*image→tokens* heads), so every image position learns which words concern it. Three
+output tokens turn into three candidate masks; a fourth predicts each candidate's IoU, the **score** used to pick one.
+
+**Tasks from the mask** (RemoteSAM): *detection* = connected components of the thresholded map, each box scored by
+the mean probability inside it, then non-maximum suppression (IoU 0.5); *count* = the number of boxes; *grounding
+box* = their union; *presence* = 0.5·max + 0.5·mean probability over the predicted region, "present" above 0.5.
+
+**Controls**: the *threshold* turns the probability map into the mask; *candidate* shows another of the three masks
+(useful for an ambiguous click). Exports: the PNG mask, the boxes as JSON and the mask as COCO run-length encoding.
+
+**Hub path** (for real photos, needs internet): CLIPSeg turns the text into a coarse map; a box around its confident
+region and a click at its peak prompt SAM, which returns the refined masks. The embedded model only knows its
+synthetic world (clothing items and simple shapes on photo/texture backgrounds), so expect little on real photos.
+
+**Limits**: the embedded model sees a 128×128 letterboxed copy of the image; fine details are lost on large images.
+Huge images are downscaled to 2048 px; grayscale and transparent images are converted to RGB.
+"""
+
+
+def _examples() -> list[list[Any]]:
+    listing = EXAMPLES_DIR / "examples.json"
+    if not listing.exists():
+        return []
+    return [[str(EXAMPLES_DIR / e["file"]), e["expression"], e["points"], e["box"]]
+            for e in json.loads(listing.read_text())]
+
+
+def _write_exports(mask: Image.Image, summary: dict) -> list[str]:
+    """The PNG mask, the boxes JSON and the COCO RLE JSON as files for download."""
+    folder = Path(tempfile.mkdtemp(prefix="headlab-seg-"))
+    mask_path = folder / "mask.png"
+    mask.save(mask_path)
+    boxes = {k: summary[k] for k in ("boxes", "count", "grounding_box", "present", "presence_score", "score")}
+    (folder / "boxes.json").write_text(json.dumps(boxes, indent=1))
+    (folder / "mask_rle.json").write_text(json.dumps(summary["rle"]))
+    return [str(mask_path), str(folder / "boxes.json"), str(folder / "mask_rle.json")]
+
+
+def _answer_text(summary: dict) -> str:
+    present = "yes" if summary["present"] else "no"
+    scores = ", ".join(f"{c['index'] + 1}: {c['score']:.2f}" for c in summary["candidates"])
+    notes = "".join(f"\n\n⚠️ {note}" for note in summary["notes"])
+    cached = " (image features from cache)" if summary["feature_cache_hit"] else ""
+    return (f"**Present:** {present} (score {summary['presence_score']:.2f}) · **count:** {summary['count']} · "
+            f"**grounding box:** {summary['grounding_box']} · candidate {summary['candidate'] + 1} of "
+            f"{len(summary['candidates'])} (predicted IoU {scores}) · {summary['seconds'] * 1000:.0f} ms{cached}"
+            f"{notes}")
+
+
+def build(client: Client, config: PanelConfig) -> None:
+    """Build the tab's components and wire them to the backend."""
+    queue = queue_settings(config)
+    gr.Markdown(INTRO)
+    scale = gr.State(1.0)  # result picture pixels per original pixel
+    corner = gr.State(None)  # first box corner while a box is being drawn
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="pil", image_mode=None, label="Image", sources=["upload", "clipboard"])
+            expression = gr.Textbox(label="Expression", placeholder="e.g. the red bag left of the sneaker")
+            model = model_choices(config)
+            mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click on the result picture adds")
+            points = gr.Textbox(label="Points [[x, y, 1|0], …] (image pixels)", value="")
+            box = gr.Textbox(label="Box [x0, y0, x1, y1] (image pixels)", value="")
+            with gr.Row():
+                run = gr.Button("Segment", variant="primary")
+                clear = gr.Button("Clear clicks and box")
+            example_list = gr.Dataset(components=[image, expression, points, box], samples=_examples(),
+                                      label="Examples (held-out scenes, a photo): click one to run it")
+        with gr.Column(scale=1):
+            picture = gr.Image(type="pil", label="Result (click to add points)", interactive=False, format="png")
+            with gr.Row():
+                threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
+                candidate = gr.Radio(list(CANDIDATES), value=CANDIDATES[0], label="Candidate mask")
+            answer = gr.Markdown()
+            files = gr.File(label="Exports: PNG mask, boxes JSON, COCO RLE", file_count="multiple")
+            details = gr.JSON(label="API answer")
+    with gr.Accordion("Attention heads: where does a word look?", open=False):
+        with gr.Row():
+            token = gr.Slider(0, 31, value=1, step=1, label="Token index (0 = [CLS])")
+            layer = gr.Slider(-1, 2, value=-1, step=1, label="Fusion layer (-1 = last)")
+            head = gr.Slider(-1, 3, value=-1, step=1, label="Head (-1 = mean)")
+        show = gr.Button("Show attention")
+        heat = gr.Image(type="pil", label="tokens→image attention", interactive=False)
+        tokens = gr.Markdown()
+    explanation("How it works", EXPLANATION)
+
+    def segment(img, text, pts, bx, model_id, thr, cand) -> tuple:
+        view, mask, summary = call_backend(client, "segment_view", img, text or "", pts or "", bx or "",
+                                           model_id or "", float(thr), CANDIDATES.index(cand) - 1)
+        return view, _answer_text(summary), _write_exports(mask, summary), summary, summary["scale"]
+
+    inputs = [image, expression, points, box, model, threshold, candidate]
+    outputs = [picture, answer, files, details, scale]
+    for trigger in (run.click, expression.submit, threshold.release, candidate.input):
+        trigger(segment, inputs, outputs, **queue)
+
+    def new_image(img) -> tuple:
+        return img, "", "", 1.0, None
+
+    image.upload(new_image, image, [picture, points, box, scale, corner], queue=False)
+
+    def load_example(row: list) -> tuple:
+        return Image.open(row[0]), row[1], row[2], row[3], CANDIDATES[0]
+
+    example_list.click(load_example, example_list, [image, expression, points, box, candidate], queue=False).then(
+        segment, inputs, outputs, **queue)
+
+    def add_click(img, pts, bx, click_mode, factor, first, event: gr.SelectData) -> tuple:
+        if img is None:
+            raise gr.Error("Upload an image or pick an example first.")
+        x, y = (round(v / factor, 1) for v in event.index[:2])
+        if click_mode == CLICK_MODES[2]:
+            if first is None:
+                return pts, bx, (x, y)
+            x0, y0 = first
+            return pts, json.dumps([min(x0, x), min(y0, y), max(x0, x), max(y0, y)]), None
+        label = 1 if click_mode == CLICK_MODES[0] else 0
+        current = json.loads(pts) if pts and pts.strip() else []
+        return json.dumps([*current, [x, y, label]]), bx, None
+
+    picture.select(add_click, [image, points, box, mode, scale, corner], [points, box, corner], queue=False).then(
+        segment, inputs, outputs, **queue)
+    clear.click(lambda: ("", "", None), None, [points, box, corner], queue=False)
+
+    def attention(img, text, pts, bx, tok, lay, hd) -> tuple:
+        view, info = call_backend(client, "segment_attention", img, text or "", pts or "", bx or "",
+                                  int(lay), int(hd), int(tok))
+        listing = " ".join(f"`{i}:{t}`" for i, t in enumerate(info["tokens"]))
+        return view, f"Tokens: {listing} — showing token {info['token']}, peak weight {info['peak']:.3f}"
+
+    show.click(attention, [image, expression, points, box, token, layer, head], [heat, tokens], **queue)
