@@ -94,7 +94,8 @@ def page(app_url: str, request: pytest.FixtureRequest):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app_url, wait_until="networkidle")
+        page.goto(app_url, wait_until="domcontentloaded")  # Gradio's heartbeat keeps the network busy
+        page.get_by_role("tab").first.wait_for(timeout=60_000)
         yield page
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:

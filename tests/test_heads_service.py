@@ -1,0 +1,140 @@
+"""The Heads service through both transports: in-process and a real second process over HTTP (gradio_client)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+from backends.core.client import LocalClient, RemoteClient
+from backends.core.service import ServiceError
+from backends.heads.service import HeadsService
+from tests.conftest import free_port, start_process
+
+TEXT = "When Mary and John went to the store, John gave a drink to Mary."
+
+
+@pytest.fixture(scope="module")
+def client() -> LocalClient:
+    """The in-process client over one HeadsService (models load on first use)."""
+    return LocalClient("heads", HeadsService())
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteClient]:
+    """``python -m backends.serve heads --port N`` in a second process on loopback, reached over HTTP."""
+    port = free_port()
+    code = (
+        f"import runpy, sys; sys.argv = ['serve', 'heads', '--port', '{port}']; "
+        "runpy.run_module('backends.serve', run_name='__main__')"
+    )
+    process = start_process(code, port, tmp_path_factory.mktemp("heads-server") / "server.log")
+    yield RemoteClient("heads", f"http://127.0.0.1:{port}")
+    process.kill()
+    process.wait()
+
+
+def test_analyze_default_model_fields(client):
+    result = client.call("heads_analyze", "", TEXT)
+    assert result["model"] == "smollm2"
+    assert (result["n_layers"], result["n_heads"], result["n_kv_heads"]) == (30, 9, 3)
+    assert result["kv_groups"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert result["tokens"][:3] == ["When", " Mary", " and"] and result["n_tokens"] == len(result["tokens"])
+    assert result["truncated"] is False and result["notice"] == "" and result["is_causal"] is True
+    for name in ("entropy", "entropy_fraction", "max_weight", "first_token"):
+        grid = result["stats"][name]
+        assert len(grid) == 30 and all(len(row) == 9 for row in grid)
+        assert all(value >= 0 for row in grid for value in row)
+    assert all(0 < value <= 1 for row in result["stats"]["max_weight"] for value in row)
+    json.dumps(result)  # JSON-able
+
+
+def test_model_view_image_and_layout(client):
+    image, layout = client.call("heads_model_view", "", TEXT, 0)
+    assert isinstance(image, Image.Image)
+    assert layout["rows_are"] == "head" and len(layout["rows"]) == 9 and len(layout["columns"]) == 30
+    assert layout["columns"][-1] + layout["thumb"] <= image.width
+    hidden, _ = client.call("heads_model_view", "", TEXT, 1)
+    assert hidden.tobytes() != image.tobytes()
+
+
+@pytest.mark.parametrize("view", ["head", "mean", "rollout"])
+def test_maps(client, view):
+    image = client.call("heads_map", "", TEXT, view, 3, 2, 1)
+    assert isinstance(image, Image.Image) and image.width > 300
+
+
+@pytest.mark.parametrize(("figure", "fmt"), [("head", "png"), ("model", "svg"), ("head", "csv"), ("rollout", "json")])
+def test_exports(client, figure, fmt):
+    exported = client.call("heads_export", "", TEXT, figure, fmt, 2, 5, 0)
+    assert exported["filename"].endswith(f".{fmt}")
+    content = exported["content"]
+    if fmt == "png":
+        assert Image.open(io.BytesIO(base64.b64decode(content))).format == "PNG"
+    elif fmt == "svg":
+        assert "<svg" in content
+    elif fmt == "csv":
+        assert content.splitlines()[0].startswith("query \\ key,0:When")
+    else:
+        data = json.loads(content)
+        assert data["view"] == "rollout" and len(data["attention"]) == len(data["tokens"])
+
+
+def test_head_export_matches_the_captured_map(client):
+    data = json.loads(client.call("heads_export", "", TEXT, "head", "json", 4, 7, 0)["content"])
+    assert (data["layer"], data["head"], data["kv_head"]) == (4, 7, 2)
+    rows = data["attention"]
+    assert all(abs(sum(row) - 1) < 1e-4 for row in rows)
+    assert all(not any(row[index + 1 :]) for index, row in enumerate(rows))  # causal: nothing after the query
+
+
+def test_bertviz_offline_page(client):
+    result = client.call("heads_bertviz", "", TEXT, "head")
+    assert result["n_tokens"] == 16 and "define('d3'" in result["document"]
+
+
+def test_minilm_and_truncation(client):
+    result = client.call("heads_analyze", "minilm", "word " * 700)
+    assert result["model"] == "minilm" and result["is_causal"] is False
+    assert result["truncated"] and result["n_tokens"] == 512 and "only the first 512 tokens" in result["notice"]
+    with pytest.raises(ServiceError, match="short inputs"):
+        client.call("heads_bertviz", "minilm", "word " * 700, "model")
+    image, layout = client.call("heads_model_view", "minilm", "word " * 700, 0)
+    assert layout["rows_are"] == "layer" and image.width > 100
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("heads_analyze", "", ""), "empty"),
+        (("heads_analyze", "", "   \n "), "empty"),
+        (("heads_analyze", "", "\x00\x01\x02\x03binary\x04\x05"), "does not look like text"),
+        (("heads_analyze", "gpt2", TEXT), "unreachable"),
+        (("heads_analyze", "not a model!", TEXT), "not a model id"),
+        (("heads_map", "", TEXT, "head", 30, 0, 0), "layer 30 does not exist"),
+        (("heads_map", "", TEXT, "head", 0, 9, 0), "head 9 does not exist"),
+        (("heads_map", "", TEXT, "sideways", 0, 0, 0), "unknown view"),
+        (("heads_export", "", TEXT, "model", "csv", 0, 0, 0), "JSON/CSV export is for one map"),
+        (("heads_export", "", TEXT, "head", "gif", 0, 0, 0), "unknown export format"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(client, args, message):
+    with pytest.raises(ServiceError, match=message):
+        client.call(*args)
+    assert client.call("heads_analyze", "", TEXT)["model"] == "smollm2"  # still usable
+
+
+def test_remote_transport_matches_in_process(client, remote):
+    local = client.call("heads_analyze", "minilm", TEXT)
+    answer = remote.call("heads_analyze", "minilm", TEXT)
+    assert answer["tokens"] == local["tokens"] and answer["stats"] == local["stats"]
+    image, layout = remote.call("heads_model_view", "minilm", TEXT, 0)
+    assert isinstance(image, Image.Image) and layout["rows_are"] == "layer"
+    assert isinstance(remote.call("heads_map", "minilm", TEXT, "rollout", 0, 0, 0), Image.Image)
+    with pytest.raises(ServiceError, match="empty"):
+        remote.call("heads_analyze", "minilm", "")
+    assert remote.info()["panel"] == "heads"
