@@ -7,6 +7,7 @@ Each panel talks to its own backend service, in this process or remote, as ``spa
 from __future__ import annotations
 
 import importlib
+import os
 
 import gradio as gr
 
@@ -46,4 +47,6 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    build_app().queue(default_concurrency_limit=1, max_size=64).launch(show_error=True, max_file_size="20mb")
+    build_app().queue(default_concurrency_limit=1, max_size=64).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True, max_file_size="20mb"
+    )

@@ -38,11 +38,11 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120) ->
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
-def start_process(code: str, port: int, log: Path) -> subprocess.Popen:
-    """Run ``code`` with Python from the repo root in a new process, logging to ``log``; wait for ``port``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start_process(args: list[str], port: int, log: Path, **env: str) -> subprocess.Popen:
+    """Run ``python ARGS`` from the repo root, logging to ``log``; wait until it listens on ``port``."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     process = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+        [sys.executable, *args], cwd=ROOT, env=environment, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     wait_for_port(port, process)
     return process
@@ -57,7 +57,7 @@ def echo_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         "from backends.serve.__main__ import build_server\n"
         f"build_server('echo').queue().launch(server_name='127.0.0.1', server_port={port})\n"
     )
-    process = start_process(code, port, tmp_path / "echo-server.log")
+    process = start_process(["-c", code], port, tmp_path / "echo-server.log")
     yield f"http://127.0.0.1:{port}", process
     process.kill()
     process.wait()
@@ -74,12 +74,7 @@ ARTIFACTS = ROOT / "artifacts"
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The whole HeadLab app launched as a user would (`python app.py`), on a free loopback port."""
     port = free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    os.environ["GRADIO_SERVER_PORT"] = str(port)
-    try:
-        process = start_process("import runpy; runpy.run_path('app.py', run_name='__main__')", port, log)
-    finally:
-        del os.environ["GRADIO_SERVER_PORT"]
+    process = start_process(["app.py"], port, tmp_path_factory.mktemp("app") / "app.log", GRADIO_SERVER_PORT=str(port))
     yield f"http://127.0.0.1:{port}"
     process.kill()
     process.wait()

@@ -23,6 +23,10 @@ from PIL import Image
 
 log = logging.getLogger("headlab")
 
+#: PIL refuses to decode larger images (decompression bombs); services downscale what they accept
+MAX_IMAGE_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
 PARAM_KINDS = {str: "str", int: "int", float: "float", Image.Image: "image"}
 RESULT_KINDS = ("json", "image")
 
