@@ -280,7 +280,7 @@ def successor_scores(lm: LanguageModel) -> dict:
         n_pairs = sum(len(task.successor_pairs()) for task in tasks)
         for layer in range(lm.n_layers):
             head_outputs = _ov_outputs(lm, layer, effective)  # [heads, tokens, d_model]
-            logits = final_norm(head_outputs.to(unembed.dtype)).float() @ unembed.T  # [heads, tokens, tokens]
+            logits = _in_own_dtype(final_norm, head_outputs) @ unembed.T  # [heads, tokens, tokens]
             for task in tasks:
                 rows = torch.tensor([row[token] for token in task.token_ids])
                 task_logits = logits[:, rows][:, :, rows]  # [heads, items, items]
@@ -305,21 +305,26 @@ def _attention_parts(lm: LanguageModel, layer: int) -> tuple[torch.nn.Module, to
 def _ov_outputs(lm: LanguageModel, layer: int, residual: torch.Tensor) -> torch.Tensor:
     """Every head's output ``[heads, tokens, d_model]`` when it attends fully to a token with residual ``residual``."""
     norm, attention = _attention_parts(lm, layer)
-    normed = norm(residual.to(next(norm.parameters()).dtype)).float()
+    normed = _in_own_dtype(norm, residual)
     head_dim = lm.model.config.hidden_size // lm.n_heads if not hasattr(attention, "head_dim") else attention.head_dim
     if hasattr(attention, "v_proj") and hasattr(attention, "o_proj"):
-        values = attention.v_proj(normed.to(attention.v_proj.weight.dtype)).float()  # [tokens, kv_heads·d]
+        values = _in_own_dtype(attention.v_proj, normed)  # [tokens, kv_heads·d]
         values = values.reshape(len(residual), lm.n_kv_heads, head_dim)
         values = values.repeat_interleave(lm.heads_per_kv_head, dim=1)  # query head h reads KV head h // group
         w_out = attention.o_proj.weight.float().T.reshape(lm.n_heads, head_dim, -1)  # [heads, d, d_model]
     elif hasattr(attention, "c_attn") and hasattr(attention, "c_proj"):  # GPT-2 Conv1D: x @ W + b
         width = lm.n_heads * head_dim
-        values = attention.c_attn(normed.to(attention.c_attn.weight.dtype)).float()[:, 2 * width :]
+        values = _in_own_dtype(attention.c_attn, normed)[:, 2 * width :]
         values = values.reshape(len(residual), lm.n_heads, head_dim)
         w_out = attention.c_proj.weight.float().reshape(lm.n_heads, head_dim, -1)
     else:
         raise ServiceError(f"{lm.model_id}: successor scores support Llama- and GPT-2-style attention only")
     return torch.einsum("thd,hdm->htm", values, w_out)
+
+
+def _in_own_dtype(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``module(inputs)`` with the inputs cast to the module's parameter dtype (float16 on a GPU), as float32."""
+    return module(inputs.to(next(module.parameters()).dtype)).float()
 
 
 def _final_norm(lm: LanguageModel) -> torch.nn.Module:
