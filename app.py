@@ -24,6 +24,8 @@ TAB_LABELS = {
     "restoration": "Restoration",
 }
 
+STATUS_REFRESH_SECONDS = 5  # how often each panel's header re-reads its backend's state (loading, loaded, down)
+
 INTRO = """# HeadLab
 Explore *task-specific attention heads*: what heads of language models attend to, how perturbing single heads of a
 diffusion transformer steers its images, and how attention fuses text with images to segment and restore them.
@@ -33,16 +35,23 @@ Every panel runs offline on an embedded model; hub models load when the hub is r
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     """The HeadLab Gradio app: one tab per panel plus the API routes of every panel."""
     config = config or load_config()
+    clients = {name: make_client(panel) for name, panel in config.panels.items()}
+    statuses = []
     with gr.Blocks(title=config.title) as app:
         gr.Markdown(INTRO)
+        with gr.Tabs():
+            for name, panel in config.panels.items():
+                with gr.Tab(TAB_LABELS[name], id=name):
+                    statuses.append(gr.Markdown())
+                    importlib.import_module(f"ui.{name}").build(clients[name], panel)
         for name, panel in config.panels.items():
-            client = make_client(panel)
-            with gr.Tab(TAB_LABELS[name], id=name):
-                status = gr.Markdown()
-                panel_ui = importlib.import_module(f"ui.{name}")
-                panel_ui.build(client, panel)
-            app.load(lambda client=client: backend_status(client), None, status, queue=False)
-            add_api_endpoints(client.call, service_class(name).endpoints(), **queue_settings(panel))
+            add_api_endpoints(clients[name].call, service_class(name).endpoints(), **queue_settings(panel))
+
+        def refresh_statuses() -> list[str]:
+            return [backend_status(client) for client in clients.values()]
+
+        app.load(refresh_statuses, None, statuses, queue=False)
+        gr.Timer(STATUS_REFRESH_SECONDS).tick(refresh_statuses, None, statuses, queue=False, show_progress="hidden")
     return app
 
 

@@ -102,13 +102,14 @@ def build(client: Client, config: PanelConfig) -> None:
             example_list = gr.Dataset(components=[image, expression, points, box], samples=_examples(),
                                       label="Examples (held-out scenes, a photo): click one to run it")
         with gr.Column(scale=1):
-            picture = gr.Image(type="pil", label="Result (click to add points)", interactive=False, format="png")
+            picture = gr.Image(type="pil", label="Result (click to add points)", interactive=False, format="png",
+                               elem_id="segmentation-result")
             with gr.Row():
                 threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold")
                 candidate = gr.Radio(list(CANDIDATES), value=CANDIDATES[0], label="Candidate mask")
-            answer = gr.Markdown()
+            answer = gr.Markdown(elem_id="segmentation-answer")
             files = gr.File(label="Exports: PNG mask, boxes JSON, COCO RLE", file_count="multiple")
-            details = gr.JSON(label="API answer")
+            details = gr.JSON(label="API answer", elem_id="segmentation-details")
     with gr.Accordion("Attention heads: where does a word look?", open=False):
         with gr.Row():
             token = gr.Slider(0, 31, value=1, step=1, label="Token index (0 = [CLS])")
