@@ -45,8 +45,12 @@ def evaluate_dit(
     cfg_scales: tuple[float, ...] = (1.0, 3.0),
     steps: int = 25,
     seed: int = 0,
+    pag_scale: float = 0.0,
+    strengths: torch.Tensor | None = None,
 ) -> dict:
     """Sample ``per_class`` images of every class at each CFG scale (Euler, ``steps``) and score them.
+
+    ``pag_scale`` and per-head ``strengths`` [1, layers, heads] add SoftPAG guidance to every sample.
 
     Per scale: accuracy of the classifier against the conditioning class, its mean confidence in that class and the
     Fréchet distance (classifier features) to the test set, given by its ``test_features``. ``reference_images``
@@ -68,7 +72,7 @@ def evaluate_dit(
         for label in range(NUM_CLASSES):
             seeds = [seed * 1_000_003 + label * per_class + index for index in range(per_class)]
             with autocast_for(model.device):
-                samples.append(guided_sample(model, str(label), seeds, steps, cfg_scale=scale))
+                samples.append(guided_sample(model, str(label), seeds, steps, scale, pag_scale, strengths))
         probabilities, features = classifier.classify(torch.cat(samples))
         results["by_cfg_scale"][str(scale)] = {
             "accuracy": round(float((probabilities.argmax(1) == labels).mean()), 4),

@@ -1,0 +1,240 @@
+"""Train the TextPromptIR-style restorer and the prompt classifier on a time budget.
+
+    python -m backends.restoration.train --device cuda --minutes 6.5 --out DIR --seed 0
+    python -m backends.restoration.train --device cpu --minutes 30 --out DIR2 --resume DIR/restorer.safetensors
+
+Writes flat into DIR: restorer.safetensors (weights + config), restorer_optim.safetensors (AdamW moments for
+--resume) and restoration.json (config, steps, wall time, loss curve, held-out metrics). Saves every ~60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+
+from backends.core.text_encoder import MiniLMEncoder
+from backends.restoration.checkpoint import (
+    OPTIMIZER_FILE,
+    REPORT_FILE,
+    WEIGHTS_FILE,
+    load_models,
+    load_optimizer,
+    save_models,
+    save_optimizer,
+)
+from backends.restoration.data import TASK_WEIGHTS, BatchSampler
+from backends.restoration.evaluate import evaluate_heldout
+from backends.restoration.images import load_images, training_names
+from backends.restoration.model import PromptClassifier, RestorationModels, RestorerConfig, TextPromptIR
+from backends.restoration.prompts import TASKS, heldout_paraphrases, training_templates
+
+SAVE_EVERY_S = 60.0
+PRINT_EVERY_S = 15.0
+WARMUP_STEPS = 200
+EMBEDDING_JITTER = 0.02  # std of Gaussian noise added to sentence embeddings in training (paraphrase robustness)
+
+
+class SentenceTable:
+    """All training and held-out sentences embedded once with MiniLM; lookups by sentence or by row index."""
+
+    def __init__(self, device: torch.device):
+        templates = training_templates()
+        heldout = heldout_paraphrases()
+        self.sentences = [s for task in TASKS for s in templates[task]] + [s for t in TASKS for s in heldout[t]]
+        self.train_ids = {}
+        offset = 0
+        for task in TASKS:
+            self.train_ids[task] = list(range(offset, offset + len(templates[task])))
+            offset += len(templates[task])
+        encoder = MiniLMEncoder()
+        chunks = [encoder(self.sentences[i:i + 256]).pooled for i in range(0, len(self.sentences), 256)]
+        self.embeddings = torch.cat(chunks).to(device)
+        self.row = {sentence: index for index, sentence in enumerate(self.sentences)}
+
+    def embed(self, sentences: list[str]) -> torch.Tensor:
+        """Embeddings of known sentences (N×384)."""
+        return self.embeddings[[self.row[s] for s in sentences]]
+
+
+def train_classifier(table: SentenceTable, device: torch.device, seed: int, steps: int = 200) -> tuple[
+        PromptClassifier, float]:
+    """Fit the prompt classifier on all training templates at once (class-balanced loss, jittered embeddings)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    torch.manual_seed(seed)
+    classifier = PromptClassifier().to(device)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=3e-3, weight_decay=1e-2)
+    rows = torch.tensor([row for task in TASKS for row in table.train_ids[task]], device=device)
+    labels = torch.tensor([index for index, task in enumerate(TASKS) for _ in table.train_ids[task]], device=device)
+    counts = torch.bincount(labels, minlength=len(TASKS)).float()
+    class_weights = counts.sum() / (len(TASKS) * counts)
+    embeddings = table.embeddings[rows]
+    for _ in range(steps):
+        inputs = embeddings + 0.03 * torch.randn(embeddings.shape, generator=generator, device=device)
+        loss = F.cross_entropy(classifier(inputs), labels, weight=class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    classifier.eval()
+    with torch.no_grad():
+        accuracy = float((classifier(embeddings).argmax(-1) == labels).float().mean())
+    return classifier, accuracy
+
+
+def learning_rate(peak: float, step: int, elapsed: float, budget: float) -> float:
+    """Linear warm-up over WARMUP_STEPS, then cosine decay over the time budget (floor 1% of peak)."""
+    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
+    progress = min(1.0, elapsed / budget)
+    return peak * warmup * max(0.01, 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (``argv`` defaults to sys.argv)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--minutes", type=float, default=6.5, help="training time budget (evaluation not included)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", type=Path, help="restorer.safetensors to continue from (optimizer file beside)")
+    parser.add_argument("--batch", type=int, help="default 24 on cuda, 8 on cpu")
+    parser.add_argument("--crop", type=int, help="default 128 on cuda, 64 on cpu")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--width", type=int, default=RestorerConfig.width, help="channels C of a new model")
+    parser.add_argument("--blocks", default=",".join(map(str, RestorerConfig.blocks)),
+                        help="blocks per level of a new model, e.g. 1,2,2,2")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--eval-side", type=int, help="held-out evaluation crop side; default 512 cuda, 192 cpu")
+    parser.add_argument("--no-baselines", action="store_true", help="skip classical baselines in the evaluation")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, save periodically, evaluate on held-out images and write the report."""
+    args = parse_args(argv)
+    started = time.time()
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    batch_size = args.batch or (24 if on_cuda else 8)
+    crop = args.crop or (128 if on_cuda else 64)
+    eval_side = args.eval_side or (512 if on_cuda else 192)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    if on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    table = SentenceTable(device)
+    classifier, classifier_train_accuracy = train_classifier(table, device, args.seed)
+
+    step, history, resumed_from = 0, [], None
+    if args.resume:
+        restorer = load_models(args.resume, device).restorer
+        resumed_from = str(args.resume)
+        previous_report = args.resume.parent / REPORT_FILE
+        if previous_report.exists():
+            history = json.loads(previous_report.read_text())["train"]["loss_curve"]
+    else:
+        blocks = tuple(int(count) for count in args.blocks.split(","))
+        restorer = TextPromptIR(RestorerConfig(width=args.width, blocks=blocks)).to(device)
+    restorer.train()
+    models = RestorationModels(restorer, classifier)
+    parameters = dict(restorer.named_parameters())
+    names = {parameter: name for name, parameter in parameters.items()}
+    optimizer = torch.optim.AdamW(restorer.parameters(), lr=args.lr, weight_decay=1e-4, betas=(0.9, 0.999))
+    if args.resume and (args.resume.parent / OPTIMIZER_FILE).exists():
+        step = load_optimizer(optimizer, parameters, args.resume.parent / OPTIMIZER_FILE)
+    elif args.resume:
+        step = int(load_models(args.resume).metadata.get("step", 0))
+    first_step = step
+
+    images = load_images(training_names(), skip_missing=True)
+    sampler = BatchSampler(list(images.values()), table.train_ids, crop, device, seed=args.seed + step)
+    jitter = torch.Generator(device=device).manual_seed(args.seed + 7 + step)
+    parameter_count = sum(p.numel() for p in restorer.parameters())
+    print(f"restorer {parameter_count / 1e6:.2f} M parameters, {len(images)} training images, batch {batch_size}"
+          f"×{crop}², device {device}, setup {time.time() - started:.1f}s", flush=True)
+
+    def write_report(extra: dict) -> None:
+        report = {
+            "config": restorer.config.to_dict(),
+            "classifier": {"hidden": 128, "tasks": list(TASKS), "train_accuracy": classifier_train_accuracy},
+            "text_encoder": "all-MiniLM-L6-v2, mean-pooled and L2-normalised (backends.core.text_encoder)",
+            "train": {
+                "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+                "seed": args.seed, "batch": batch_size, "crop": crop, "lr": args.lr, "minutes": args.minutes,
+                "task_weights": dict(zip(TASKS, TASK_WEIGHTS, strict=True)), "training_images": list(images),
+                "resumed_from": resumed_from, "first_step": first_step, "steps": step,
+                "train_seconds": train_seconds, "wall_seconds": time.time() - started, "loss_curve": history,
+            },
+        }
+        report.update(extra)
+        temporary = args.out / (REPORT_FILE + ".tmp")
+        temporary.write_text(json.dumps(report, indent=1))
+        temporary.replace(args.out / REPORT_FILE)
+
+    def checkpoint() -> None:
+        save_models(models, args.out / WEIGHTS_FILE, step)
+        save_optimizer(optimizer, names, args.out / OPTIMIZER_FILE, step)
+        write_report({})
+
+    budget = args.minutes * 60.0
+    loop_start = time.time()
+    last_print = last_save = loop_start
+    window_losses: list[torch.Tensor] = []
+    window_start_step = step
+    train_seconds = 0.0
+    while True:
+        train_seconds = time.time() - loop_start
+        if train_seconds >= budget:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args.lr, step - first_step, train_seconds, budget)
+        batch = sampler.sample(batch_size)
+        embeddings = table.embeddings[batch.prompt]
+        embeddings = embeddings + EMBEDDING_JITTER * torch.randn(embeddings.shape, generator=jitter, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            restored = restorer(batch.degraded, embeddings)
+        loss = F.l1_loss(restored.float(), batch.clean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(restorer.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        window_losses.append(loss.detach())
+        now = time.time()
+        if now - last_print >= PRINT_EVERY_S:
+            mean_loss = float(torch.stack(window_losses).mean())
+            rate = (step - window_start_step) / (now - last_print)
+            history.append([round(now - loop_start, 1), step, mean_loss])
+            print(f"step {step} loss {mean_loss:.4f} {rate:.1f} steps/s lr {optimizer.param_groups[0]['lr']:.2e} "
+                  f"elapsed {now - loop_start:.0f}s", flush=True)
+            window_losses, window_start_step, last_print = [], step, now
+        if now - last_save >= SAVE_EVERY_S:
+            checkpoint()
+            last_save = time.time()
+    if window_losses:
+        history.append([round(time.time() - loop_start, 1), step, float(torch.stack(window_losses).mean())])
+    checkpoint()
+    print(f"trained {step - first_step} steps in {train_seconds:.0f}s; evaluating on held-out images", flush=True)
+
+    restorer.eval()
+    heldout = evaluate_heldout(restorer, classifier, table.embed, max_side=eval_side,
+                               with_baselines=not args.no_baselines)
+    write_report({"heldout": heldout})
+    for case, metrics in heldout["cases"].items():
+        print(case, {key: round(value, 3) for key, value in metrics.items()}, flush=True)
+    print("prompt understanding", heldout["prompt_understanding"], flush=True)
+    print(f"done in {time.time() - started:.0f}s; files in {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Classical baselines and the prompt-free cues that suggest an instruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends.restoration.classical import BASELINES, degradation_cues, estimate_noise_sigma
+from backends.restoration.evaluate import degraded_case, psnr_ssim
+from backends.restoration.images import IMAGES_ENV, export_npz, heldout_images, load_images
+
+
+@pytest.fixture(scope="module")
+def clean() -> np.ndarray:
+    return heldout_images(160)["astronaut"]
+
+
+@pytest.mark.parametrize("task", ["noise", "haze", "rain"])
+def test_each_baseline_improves_its_degradation(clean: np.ndarray, task: str):
+    degraded = degraded_case(clean, task, 25.0, seed=1)
+    _, baseline = BASELINES[task]
+    restored = baseline(degraded)
+    reference = clean / 255.0
+    assert restored.shape == degraded.shape and restored.min() >= 0 and restored.max() <= 1
+    assert psnr_ssim(reference, restored)[0] > psnr_ssim(reference, degraded)[0] + 1.0
+
+
+def test_the_noise_estimate_and_the_cues(clean: np.ndarray):
+    noisy = degraded_case(clean, "noise", 25.0, seed=2)
+    assert abs(estimate_noise_sigma(noisy) - 25) < 5
+    assert degradation_cues(clean / 255.0)["suggested"] == "none"
+    for task in ("noise", "haze", "rain"):  # a heuristic: most random draws of each degradation are recognised
+        hits = [degradation_cues(degraded_case(clean, task, 25.0, seed))["suggested"] == task for seed in range(4)]
+        assert sum(hits) >= 3, task
+
+
+def test_the_image_archive_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    archive = export_npz(tmp_path / "images.npz")
+    assert archive.stat().st_size < 8 * 2**20
+    direct = load_images(["camera", "chelsea"])
+    monkeypatch.setenv(IMAGES_ENV, str(archive))
+    from_archive = load_images(["camera", "chelsea"])
+    assert all(np.array_equal(direct[name], from_archive[name]) for name in direct)
+    with pytest.raises(FileNotFoundError):
+        load_images(["camera", "not-an-image"])

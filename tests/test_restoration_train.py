@@ -1,0 +1,41 @@
+"""The training script end to end on CPU (tiny model, seconds of training), its files and --resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from backends.restoration import train
+from backends.restoration.checkpoint import OPTIMIZER_FILE, REPORT_FILE, WEIGHTS_FILE, load_models
+
+TINY_ARGS = ["--device", "cpu", "--minutes", "0.05", "--seed", "0", "--batch", "2", "--crop", "32", "--width", "8",
+             "--blocks", "1,1,1,1", "--eval-side", "32", "--no-baselines", "--threads", "1"]
+
+
+def test_training_writes_reloadable_files_and_resumes(tmp_path: Path):
+    threads = torch.get_num_threads()  # the script sets its own thread count; give the rest of the session back
+    try:
+        _train_and_resume(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_resume(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    train.main([*TINY_ARGS, "--out", str(first)])
+    assert sorted(p.name for p in first.iterdir()) == sorted([WEIGHTS_FILE, OPTIMIZER_FILE, REPORT_FILE])
+    report = json.loads((first / REPORT_FILE).read_text())
+    steps = report["train"]["steps"]
+    assert steps > 0 and report["train"]["loss_curve"]
+    assert report["config"]["width"] == 8
+    heldout = report["heldout"]
+    assert {"noise25", "haze", "rain", "none_identity"} <= set(heldout["cases"])
+    assert heldout["prompt_understanding"]["count"] == 32
+    assert load_models(first / WEIGHTS_FILE).metadata["step"] == str(steps)
+
+    train.main([*TINY_ARGS, "--out", str(second), "--resume", str(first / WEIGHTS_FILE)])
+    resumed = json.loads((second / REPORT_FILE).read_text())["train"]
+    assert resumed["first_step"] == steps and resumed["steps"] > steps
+    assert resumed["resumed_from"].endswith(WEIGHTS_FILE)
