@@ -86,4 +86,5 @@ def test_spaces_yml_lists_every_panel_with_its_default_first(monkeypatch: pytest
     assert list(config.panels) == ["heads", "guidance", "segmentation", "restoration"]
     assert config.panels["heads"].is_remote and config.panels["heads"].models[0] == "smollm2"
     assert not config.panels["restoration"].is_remote
-    assert all(panel.models for panel in config.panels.values())
+    for name, panel in config.panels.items():  # the embedded default is listed first
+        assert panel.models[0] == registry.service_class(name).default_model
