@@ -72,6 +72,14 @@ def endpoint(*returns: str) -> Callable[[Callable], Callable]:
     return mark
 
 
+def hub_load_error(model_id: str, error: Exception) -> ServiceError:
+    """The message for a hub model that could not be loaded (offline, unknown id, missing or mismatching files)."""
+    return ServiceError(
+        f"could not load {model_id!r} ({type(error).__name__}: {error}). Hub models need internet access or a "
+        "local copy; the embedded model works offline."
+    )
+
+
 def pick_device(requested: str | None = None) -> str:
     """``requested``, else HEADLAB_DEVICE, else "cuda" when a GPU is present, else "cpu"."""
     import torch

@@ -16,7 +16,7 @@ queries are perturbed; text queries keep their attention).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -111,6 +111,19 @@ def _merge_heads(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.transpose(1, 2).reshape(tensor.shape[0], -1, tensor.shape[1] * tensor.shape[3])
 
 
+def _project(
+    attn: Attention, states: torch.Tensor, to_q: Callable, to_k: Callable, to_v: Callable,
+    norm_q: Callable | None, norm_k: Callable | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values [B, H, N, d] of ``states``, with the optional query/key norms applied."""
+    query, key, value = (_heads_view(project(states), attn.heads) for project in (to_q, to_k, to_v))
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value
+
+
 class SoftPAGAttnProcessor:
     """Self-attention processor (DiT / PixArt ``attn1``) with per-head SoftPAG; diffusers' maths otherwise."""
 
@@ -133,13 +146,7 @@ class SoftPAGAttnProcessor:
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        query = _heads_view(attn.to_q(hidden_states), attn.heads)
-        key = _heads_view(attn.to_k(hidden_states), attn.heads)
-        value = _heads_view(attn.to_v(hidden_states), attn.heads)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _project(attn, hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
         state = self.state
         hidden_states = soft_attention(
             query, key, value, attention_mask, state.layer_strengths(self.layer), state.perturbed_rows, state.target,
@@ -167,21 +174,12 @@ class SoftPAGJointAttnProcessor:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Joint attention over [image tokens, text tokens], as diffusers' JointAttnProcessor2_0, plus SoftPAG."""
         image_tokens = hidden_states.shape[1]
-        query = _heads_view(attn.to_q(hidden_states), attn.heads)
-        key = _heads_view(attn.to_k(hidden_states), attn.heads)
-        value = _heads_view(attn.to_v(hidden_states), attn.heads)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = _project(attn, hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
         if encoder_hidden_states is not None:
-            context_query = _heads_view(attn.add_q_proj(encoder_hidden_states), attn.heads)
-            context_key = _heads_view(attn.add_k_proj(encoder_hidden_states), attn.heads)
-            context_value = _heads_view(attn.add_v_proj(encoder_hidden_states), attn.heads)
-            if attn.norm_added_q is not None:
-                context_query = attn.norm_added_q(context_query)
-            if attn.norm_added_k is not None:
-                context_key = attn.norm_added_k(context_key)
+            context_query, context_key, context_value = _project(
+                attn, encoder_hidden_states, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
+                attn.norm_added_q, attn.norm_added_k,
+            )
             query = torch.cat([query, context_query], dim=2)
             key = torch.cat([key, context_key], dim=2)
             value = torch.cat([value, context_value], dim=2)

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from backends.core.service import ServiceError
+from backends.core.service import hub_load_error
 from backends.restoration.adapters import RestorerAdapter
 from backends.restoration.prompts import TASKS
 
@@ -187,10 +187,7 @@ class InstructIRRestorer(RestorerAdapter):
             tokenizer = AutoTokenizer.from_pretrained(encoder_source)
             text_model = AutoModel.from_pretrained(encoder_source)
         except Exception as error:  # offline, missing files or a mismatching checkpoint
-            raise ServiceError(
-                f"could not load {source!r} ({type(error).__name__}: {error}). Hub models need internet access or a "
-                "local copy; the embedded model works offline."
-            ) from error
+            raise hub_load_error(source, error) from error
         return cls(source, image_model, head, tokenizer, text_model, device)
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from backends.core.service import ServiceError
+from backends.core.service import ServiceError, hub_load_error
 from backends.segmentation.query import LRUCache, Prediction, Query
 
 HUB_ID = "clipseg+sam"  # short name of the default pair below
@@ -65,10 +65,7 @@ class HubSegmenter:
                 clipseg = CLIPSegForImageSegmentation.from_pretrained(clipseg_id)
                 clipseg_processor = CLIPSegProcessor.from_pretrained(clipseg_id)
         except OSError as error:
-            raise ServiceError(
-                f"could not load {model_id!r} ({error.__class__.__name__}); hub models need internet access or "
-                "a local copy. The embedded model works offline."
-            ) from error
+            raise hub_load_error(model_id, error) from error
         return cls(model_id, sam, sam_processor, clipseg, clipseg_processor, device)
 
     @torch.no_grad()
