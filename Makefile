@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := dataset-fashion-mnist chromium
-PIP_QUIET := grep -v 'is ignored: it is neither a file nor a directory' || true
+PIP_QUIET := sed '/is ignored: it is neither a file nor a directory/d'
 
 .PHONY: install system-deps run serve test lint bench clean
 
