@@ -124,11 +124,15 @@ def _project(
     return query, key, value
 
 
-class SoftPAGAttnProcessor:
-    """Self-attention processor (DiT / PixArt ``attn1``) with per-head SoftPAG; diffusers' maths otherwise."""
+class _LayerProcessor:
+    """An attention processor that reads layer ``layer``'s per-head strengths from the shared ``state``."""
 
     def __init__(self, state: PerturbationState, layer: int):
         self.state, self.layer = state, layer
+
+
+class SoftPAGAttnProcessor(_LayerProcessor):
+    """Self-attention processor (DiT / PixArt ``attn1``) with per-head SoftPAG; diffusers' maths otherwise."""
 
     def __call__(
         self,
@@ -159,11 +163,8 @@ class SoftPAGAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-class SoftPAGJointAttnProcessor:
+class SoftPAGJointAttnProcessor(_LayerProcessor):
     """SD3 joint-attention processor with per-head SoftPAG on the image-token queries of the last rows."""
-
-    def __init__(self, state: PerturbationState, layer: int):
-        self.state, self.layer = state, layer
 
     def __call__(
         self,
