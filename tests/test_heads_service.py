@@ -28,11 +28,8 @@ def client() -> LocalClient:
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteClient]:
     """``python -m backends.serve heads --port N`` in a second process on loopback, reached over HTTP."""
     port = free_port()
-    code = (
-        f"import runpy, sys; sys.argv = ['serve', 'heads', '--port', '{port}']; "
-        "runpy.run_module('backends.serve', run_name='__main__')"
-    )
-    process = start_process(code, port, tmp_path_factory.mktemp("heads-server") / "server.log")
+    args = ["-m", "backends.serve", "heads", "--port", str(port)]
+    process = start_process(args, port, tmp_path_factory.mktemp("heads-server") / "server.log")
     yield RemoteClient("heads", f"http://127.0.0.1:{port}")
     process.kill()
     process.wait()

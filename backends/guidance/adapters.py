@@ -160,7 +160,7 @@ class EmbeddedDiT(GuidedModel):
 class PipelineModel(GuidedModel):
     """A hub model taken from its diffusers pipeline (transformer, VAE, scheduler, text encoders).
 
-    The pipeline is expected in ``dtype`` already (``from_pretrained(..., torch_dtype=dtype)``).
+    The pipeline is expected in ``dtype`` already (``from_pretrained(..., dtype=dtype)``).
     """
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, device: str, dtype: torch.dtype):
@@ -275,8 +275,8 @@ def load_guided_model(model_id: str, device: str, dtype: torch.dtype) -> GuidedM
         return EmbeddedDiT.load(ASSETS, device, torch.float32 if device == "cpu" else dtype)
     if "pixart-sigma" in model_id.lower():
         # PixArt-Σ checkpoints ship the transformer; VAE, T5 and scheduler come from the shared Σ repository
-        transformer = PixArtTransformer2DModel.from_pretrained(model_id, subfolder="transformer", torch_dtype=dtype)
-        pipeline = PixArtSigmaPipeline.from_pretrained(PIXART_SIGMA_BASE, transformer=transformer, torch_dtype=dtype)
+        transformer = PixArtTransformer2DModel.from_pretrained(model_id, subfolder="transformer", dtype=dtype)
+        pipeline = PixArtSigmaPipeline.from_pretrained(PIXART_SIGMA_BASE, transformer=transformer, dtype=dtype)
     else:
-        pipeline = DiffusionPipeline.from_pretrained(model_id, torch_dtype=dtype)
+        pipeline = DiffusionPipeline.from_pretrained(model_id, dtype=dtype)
     return model_for_pipeline(pipeline, model_id, device, dtype)

@@ -28,8 +28,9 @@ WRONG_TASK = {"noise": "haze", "haze": "rain", "rain": "noise"}
 
 
 def psnr_ssim(reference: np.ndarray, image: np.ndarray) -> tuple[float, float]:
-    """RGB PSNR (dB) and SSIM of float H×W×3 images in [0, 1] (scikit-image metrics)."""
-    psnr = peak_signal_noise_ratio(reference, image, data_range=1.0)
+    """RGB PSNR (dB, +inf for identical images) and SSIM of float H×W×3 images in [0, 1] (scikit-image metrics)."""
+    with np.errstate(divide="ignore"):  # identical images: PSNR is +inf
+        psnr = peak_signal_noise_ratio(reference, image, data_range=1.0)
     ssim = structural_similarity(reference, image, data_range=1.0, channel_axis=-1)
     return float(psnr), float(ssim)
 
