@@ -4,7 +4,7 @@ For each setting: samples per class (Euler), classified by the panel's Fashion-M
 the conditioning class, mean confidence — and the Fréchet distance (classifier features) to the test set, beside the
 Fréchet distance of as many real training images (the floor at this sample size).
 
-    python -m bench.bench_guidance_quality [--per-class 50] [--heads 5.3,3.3,5.4] [--u 1] [--pag 3] [--write]
+    python -m bench.bench_guidance_quality [--per-class 50] [--heads 3.4,2.2,0.2] [--u 1] [--pag 3] [--write]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--heads", default="5.3,3.3,5.4", help="the heads HeadHunter chose in bench_guidance")
+    parser.add_argument("--heads", default="3.4,2.2,0.2", help="the heads HeadHunter chose in bench_guidance")
     parser.add_argument("--u", type=float, default=1.0)
     parser.add_argument("--pag", type=float, default=3.0)
     parser.add_argument("--write", action="store_true")
