@@ -65,12 +65,14 @@ def speed(service: SegmentationService, rounds: int) -> dict:
 def markdown(timings: dict, quality: dict, meta: dict, threads: int) -> str:
     """The results section for BENCHMARKS.md."""
     runs = meta.get("runs", [])
-    trained = ", ".join(f"{r['device']} {r['wall_seconds']:.0f} s" for r in runs)
+    trained = " + ".join(f"{r['device']} {r['wall_seconds']:.0f} s" for r in runs)
+    last = runs[-1] if runs else {}
     lines = [
         "## Referring segmentation",
         "",
         f"Embedded segmenter ({meta.get('parameters', 0) / 1e6:.2f} M trained parameters + frozen MiniLM), "
-        f"{meta.get('steps', '?')} steps of batch {runs[-1]['batch_size'] if runs else '?'} ({trained}).",
+        f"{meta.get('steps', '?')} steps of {last.get('scenes_per_step', '?')} scenes × "
+        f"{last.get('queries_per_scene', '?')} queries, {meta.get('queries_seen', 0):,} training queries ({trained}).",
         "",
         f"**Speed** (CPU, {threads} thread{'s' if threads != 1 else ''}, 256×256 image, median of "
         f"{timings['rounds']} rounds, through the service; machine load average {timings['load_average']:.1f} on "
@@ -87,7 +89,7 @@ def markdown(timings: dict, quality: dict, meta: dict, threads: int) -> str:
         f"{timings['ratio_new_threshold']} | ≤ 1/3 |",
         "",
         "**Quality** on held-out generated scenes (seeds ≥ 2·10⁹, Fashion-MNIST test items; the candidate with the "
-        "highest predicted score is the answer; Pr@t = share of queries with IoU > t):",
+        "highest score — the probability of its set of objects — is the answer; Pr@t = share of queries with IoU > t):",
         "",
         "| set | queries | mIoU | oIoU | Pr@0.5 | Pr@0.7 | Pr@0.9 | oracle mIoU | counting acc. | empty-mask rate |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -117,7 +119,7 @@ def main() -> None:
     timings = speed(service, args.queries)
     print(json.dumps(timings, indent=1))
     embedded = service.model("")
-    quality = evaluate_heldout(embedded.model, embedded.text_encoder, "cpu", args.eval_samples, batch_size=50)
+    quality = evaluate_heldout(embedded.model, embedded.texts, args.eval_samples)
     print(json.dumps(quality, indent=1))
     section = markdown(timings, quality, embedded.meta, args.threads)
     print(section)

@@ -1,79 +1,140 @@
-"""The segmenter network, its loss, and the training script end to end (tiny budgets, CPU)."""
+"""The object-centric segmenter: objects, prompt evidence, candidate sets, fusion, training step and script."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
-from backends.segmentation.data import MAX_PROMPTS, make_samples
-from backends.segmentation.evaluate import batch_tensors, summarise
-from backends.segmentation.model import WEIGHTS_NAME, Segmenter, SegmenterConfig, load_checkpoint, save_weights
+from backends.core.text_encoder import MiniLMEncoder, TextCache
+from backends.segmentation.data import (
+    BOX_BOTTOM_RIGHT,
+    BOX_TOP_LEFT,
+    MAX_PROMPTS,
+    NEGATIVE,
+    PAD,
+    POSITIVE,
+    make_samples,
+)
+from backends.segmentation.evaluate import summarise
+from backends.segmentation.model import (
+    MIN_OBJECT_AREA,
+    WEIGHTS_NAME,
+    Segmenter,
+    SegmenterConfig,
+    candidate_maps,
+    candidate_sets,
+    find_objects,
+    load_checkpoint,
+    prompt_evidence,
+    save_weights,
+)
 from backends.segmentation.train import main as train_main
-from backends.segmentation.train import segmentation_loss
+from backends.segmentation.train import training_step
 
-SMALL = SegmenterConfig(dim=32, heads=2, depth=1, encoder_depth=1, widths=(8, 16, 32))
+SMALL = SegmenterConfig(widths=(8, 16, 16, 32), object_widths=(8, 16, 32), dim=32, heads=2, depth=1)
 
 
-def _inputs(batch: int = 2, tokens: int = 5) -> tuple:
+@pytest.fixture(scope="module")
+def texts() -> TextCache:
+    return TextCache(MiniLMEncoder())
+
+
+def _no_prompts() -> torch.Tensor:
+    return torch.tensor([[0.0, 0.0, PAD]] * MAX_PROMPTS)
+
+
+def test_objects_are_components_near_ones_merge_and_specks_drop():
+    fg = np.zeros((64, 64), bool)
+    fg[5:15, 5:15] = True  # object A
+    fg[5:15, 16:20] = True  # one pixel apart from A: the same object
+    fg[30:50, 30:40] = True  # object B, the largest
+    fg[60:62, 60:62] = True  # a speck
+    masks = find_objects(fg, max_objects=8)
+    assert masks.shape == (2, 64, 64)
+    assert masks[0].sum() == 200 and masks[1].sum() == 140 and not (masks[0] & masks[1]).any()
+    assert (masks.any(0) == (fg & ~np.pad(np.ones((2, 2), bool), ((60, 2), (60, 2))))).all()
+    assert find_objects(fg, max_objects=1).shape[0] == 1 and MIN_OBJECT_AREA > 4
+    assert find_objects(np.zeros((64, 64), bool), 8).shape == (0, 64, 64)
+
+
+def test_prompt_evidence_counts_clicks_and_box_cover():
+    masks = torch.zeros(2, 100, 100, dtype=torch.bool)
+    masks[0, 10:20, 10:20] = True
+    masks[1, 50:90, 50:90] = True
+    prompts = _no_prompts()
+    prompts[0] = torch.tensor([0.15, 0.15, POSITIVE])
+    prompts[1] = torch.tensor([0.6, 0.6, NEGATIVE])
+    prompts[-2] = torch.tensor([0.0, 0.0, BOX_TOP_LEFT])
+    prompts[-1] = torch.tensor([0.2, 0.2, BOX_BOTTOM_RIGHT])
+    evidence = prompt_evidence(masks, prompts)
+    assert evidence[:, :4].tolist() == [[1, 0, 1, 1], [0, 1, 1, 1]]
+    assert evidence[0, 4] == 1.0 and evidence[1, 4] == 0.0 and evidence[0, 5] == pytest.approx(100 / 400)
+    assert prompt_evidence(masks, _no_prompts()).abs().sum() == 0
+
+
+def test_candidate_sets_are_the_most_probable_object_sets():
+    sets = candidate_sets(np.array([0.9, 0.2, 0.6]))
+    assert [s.tolist() for s, _ in sets] == [[True, False, True], [True, False, False], [True, True, True]]
+    scores = [score for _, score in sets]
+    assert scores[0] == pytest.approx(0.9 * 0.8 * 0.6) and scores[0] > scores[1] > scores[2]
+    assert candidate_sets(np.array([0.1]))[0][0].tolist() == [False]  # absent: the empty set wins
+    assert len(candidate_sets(np.zeros(0))) == 3
+
+
+def test_fusion_outputs_and_inspectable_word_heads(texts: TextCache):
     torch.manual_seed(0)
-    prompts = torch.full((batch, MAX_PROMPTS, 3), -1.0)
-    prompts[0, 0] = torch.tensor([0.3, 0.4, 1.0])
-    return torch.rand(batch, 3, 128, 128), torch.randn(batch, tokens, 384), torch.ones(batch, tokens, dtype=bool), \
-        prompts
-
-
-def test_outputs_and_inspectable_attention_heads():
     model = Segmenter(SMALL).eval()
-    image, text, mask, prompts = _inputs()
-    out = model(image, text, mask, prompts, return_attention=True)
-    assert out.masks.shape == (2, 3, 128, 128) and out.scores.shape == (2, 3)
-    assert ((out.scores >= 0) & (out.scores <= 1)).all()
-    n_tokens = 1 + SMALL.num_masks + MAX_PROMPTS + 5
-    to_image = out.attention["tokens_to_image"]
-    assert len(to_image) == SMALL.depth and to_image[0].shape == (2, SMALL.heads, n_tokens, 256)
-    assert torch.allclose(to_image[0].sum(-1), torch.ones(2, SMALL.heads, n_tokens), atol=1e-4)
-    back = out.attention["image_to_tokens"][0]
-    padded = 1 + SMALL.num_masks + 1  # prompt slots after the first click are padding
-    assert back.shape == (2, SMALL.heads, 256, n_tokens) and back[1, :, :, padded - 1].abs().max() == 0
-    plain = model(image, text, mask, prompts)
-    assert torch.allclose(plain.masks, out.masks, atol=1e-4)
+    sample = make_samples(3)[0]
+    image = torch.from_numpy(sample.image).permute(2, 0, 1).float() / 255
+    features = model.embed_objects(image, torch.from_numpy(np.stack([it.mask for it in sample.items])))
+    count = len(sample.items)
+    empty = model.embed_objects(image, torch.zeros(0, 128, 128, dtype=torch.bool))
+    text = texts(["the red bag", "all the shirts"])
+    out = model.decode([features, empty], text.tokens, text.mask, torch.stack([_no_prompts()] * 2), True)
+    assert out.logits.shape == (2, count) and out.object_mask[1].sum() == 0 and (out.logits[1] == -30).all()
+    words = out.attention["words_to_objects"][0]  # [B, heads, T, 1 + N]
+    assert words.shape == (2, SMALL.heads, text.tokens.shape[1], 1 + count)
+    assert torch.allclose(words.sum(-1), torch.ones_like(words.sum(-1)), atol=1e-5)
+    assert words[1, :, :, 1:].abs().max() == 0  # no objects: every word looks at "nothing"
+    single = model.decode([features], text.tokens[:1], text.mask[:1], _no_prompts()[None])
+    assert torch.allclose(single.logits[0], out.logits[0], atol=1e-5)
+    features.foreground = torch.rand(128, 128)
+    maps, scores, sets = candidate_maps(features, out.logits[0])
+    assert maps.shape == (3, 128, 128) and scores[0] >= max(scores[1:]) and len(sets) == 3
 
 
-def test_cached_image_features_give_the_same_answer():
-    model = Segmenter(SMALL).eval()
-    image, text, mask, prompts = _inputs(batch=1)
-    features = model.encode_image(image)
-    two_queries = model.decode(features, torch.cat([text, text.flip(1)]), mask.repeat(2, 1), prompts.repeat(2, 1, 1))
-    assert torch.allclose(two_queries.masks[:1], model(image, text, mask, prompts).masks, atol=1e-4)
-
-
-def test_loss_prefers_the_best_candidate_and_empty_targets():
+def test_training_steps_reduce_the_loss(texts: TextCache):
+    torch.manual_seed(0)
     model = Segmenter(SMALL)
-    samples = [s for seed in range(4) for s in make_samples(seed)]
-    batch = batch_tensors(samples, "cpu")
-    text = torch.randn(len(samples), 4, 384)
+    scenes = [make_samples(seed, 4) for seed in range(3)]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     losses = []
-    for _ in range(12):
-        out = model(batch["images"], text, torch.ones(len(samples), 4, dtype=bool), batch["prompts"])
-        loss, parts = segmentation_loss(out, batch["masks"])
+    for _ in range(15):
+        loss, parts = training_step(model, texts, scenes, 0, generator, rng)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        assert set(parts) == {"mask", "score", "iou"}
+    assert {"referred", "foreground", "aux", "exact", "category_acc"} <= set(parts)
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_weights_round_trip(tmp_path: Path):
+def test_weights_round_trip(tmp_path: Path, texts: TextCache):
     model = Segmenter(SMALL).eval()
     save_weights(model, tmp_path / WEIGHTS_NAME)
     (tmp_path / "segmentation.json").write_text(json.dumps({"config": SMALL.to_dict()}))
     loaded, _ = load_checkpoint(tmp_path / WEIGHTS_NAME)
-    image, text, mask, prompts = _inputs()
-    assert torch.equal(loaded.eval()(image, text, mask, prompts).masks, model(image, text, mask, prompts).masks)
+    image = torch.from_numpy(make_samples(5)[0].image).permute(2, 0, 1).float() / 255
+    text = texts(["the bag"])
+    answers = [m.decode([m.eval().encode_image(image)], text.tokens, text.mask, _no_prompts()[None]).logits
+               for m in (model, loaded)]
+    assert torch.equal(*answers)
 
 
 def test_metrics_summary():
@@ -89,13 +150,13 @@ def test_metrics_summary():
 
 
 def test_training_script_runs_saves_reloads_and_resumes(tmp_path: Path):
-    args = ["--device", "cpu", "--steps", "2", "--batch-size", "4", "--eval-samples", "8", "--threads", "1"]
+    args = ["--device", "cpu", "--steps", "2", "--scenes", "2", "--queries-per-scene", "2", "--eval-samples", "8"]
     train_main([*args, "--out", str(tmp_path / "a"), "--seed", "1"])
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == ["segmentation.json", WEIGHTS_NAME]
     saved = json.loads((tmp_path / "a" / "segmentation.json").read_text())
-    assert saved["steps"] == 2 and "heldout_scenes" in saved["heldout"]
+    assert saved["steps"] == 2 and "heldout_scenes" in saved["heldout"] and saved["queries_seen"] == 8
     assert SegmenterConfig.from_dict(saved["config"]) == SegmenterConfig()
     assert (tmp_path / "a" / WEIGHTS_NAME).stat().st_size < 15 * 2**20
     resumed = train_main([*args, "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "a" / WEIGHTS_NAME)])
-    assert resumed["steps"] == 4 and len(resumed["runs"]) == 2
+    assert resumed["steps"] == 4 and len(resumed["runs"]) == 2 and resumed["queries_seen"] == 16

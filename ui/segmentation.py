@@ -28,20 +28,23 @@ click on the picture on the right (include / exclude points, or two box corners)
 boxes, a count, a grounding box and a yes/no presence answer, as in RemoteSAM."""
 
 EXPLANATION = """
-**The embedded model** (trained by HeadLab on generated scenes of Fashion-MNIST items and shapes) follows SAM's
-layout. A small conv network and two transformer layers turn the image into a 16×16 grid of features, computed once
-per image and cached. The expression goes through the frozen sentence model all-MiniLM-L6-v2, whose token states
-become *text tokens*; clicks and box corners become *prompt tokens* (position encoding + a type embedding). In three
-fusion blocks the tokens attend to the image (*tokens→image* heads: where does the word "bag" look?) and the image
-attends back to the tokens (*image→tokens* heads), so every image position learns which words concern it. Three
-output tokens turn into three candidate masks; a fourth predicts each candidate's IoU, the **score** used to pick one.
+**The embedded model** (trained by HeadLab on generated scenes of Fashion-MNIST items and shapes) is object-centric.
+A small U-Net marks the pixels that belong to items; its connected components are the *objects*. Each object
+becomes a token from a crop of it (a small CNN), its box and its mean colour. This part runs once per image and is
+cached. The expression goes through the frozen sentence model all-MiniLM-L6-v2, whose token states become *word
+tokens*. Three fusion blocks let the objects attend to each other (for "left of", "biggest", "second from the top"),
+the objects attend to the words and the *words attend to the objects* (*words→objects* heads: which objects does the
+word "bag" look at?). Clicks and a box enter as exact evidence per object (is a click inside it, how much of it lies
+in the box). Each object then gets a probability of being referred. The three candidates are the three most
+probable *sets* of objects. The **score** is the probability that exactly this set is meant.
 
 **Tasks from the mask** (RemoteSAM): *detection* = connected components of the thresholded map, each box scored by
 the mean probability inside it, then non-maximum suppression (IoU 0.5); *count* = the number of boxes; *grounding
 box* = their union; *presence* = 0.5·max + 0.5·mean probability over the predicted region, "present" above 0.5.
 
-**Controls**: the *threshold* turns the probability map into the mask; *candidate* shows another of the three masks
-(useful for an ambiguous click). Exports: the PNG mask, the boxes as JSON and the mask as COCO run-length encoding.
+**Controls**: the *threshold* turns the probability map into the mask (it trims outlines); *candidate* shows another
+of the three masks (the next most probable sets of objects). Exports: the PNG mask, the boxes as JSON and the mask
+as COCO run-length encoding.
 
 **Hub path** (for real photos, needs internet): CLIPSeg turns the text into a coarse map; a box around its confident
 region and a click at its peak prompt SAM, which returns the refined masks. The embedded model only knows its
@@ -76,10 +79,15 @@ def _answer_text(summary: dict) -> str:
     scores = ", ".join(f"{c['index'] + 1}: {c['score']:.2f}" for c in summary["candidates"])
     notes = "".join(f"\n\n⚠️ {note}" for note in summary["notes"])
     cached = " (image features from cache)" if summary["feature_cache_hit"] else ""
+    objects = summary.get("objects")
+    found = ""
+    if objects is not None:
+        listing = ", ".join(f"{o['colour']} {o['category']} {o['referred']:.2f}" for o in objects) or "none"
+        found = f"\n\n**Objects found** (the model's guesses, P(referred)): {listing}"
     return (f"**Present:** {present} (score {summary['presence_score']:.2f}) · **count:** {summary['count']} · "
             f"**grounding box:** {summary['grounding_box']} · candidate {summary['candidate'] + 1} of "
-            f"{len(summary['candidates'])} (predicted IoU {scores}) · {summary['seconds'] * 1000:.0f} ms{cached}"
-            f"{notes}")
+            f"{len(summary['candidates'])} (scores {scores}) · {summary['seconds'] * 1000:.0f} ms{cached}"
+            f"{found}{notes}")
 
 
 def build(client: Client, config: PanelConfig) -> None:
@@ -100,7 +108,7 @@ def build(client: Client, config: PanelConfig) -> None:
                 run = gr.Button("Segment", variant="primary")
                 clear = gr.Button("Clear clicks and box")
             example_list = gr.Dataset(components=[image, expression, points, box], samples=_examples(),
-                                      label="Examples (held-out scenes, a photo): click one to run it")
+                                      label="Examples (held-out scenes: text, clicks, a box): click one to run it")
         with gr.Column(scale=1):
             picture = gr.Image(type="pil", label="Result (click to add points)", interactive=False, format="png",
                                elem_id="segmentation-result")
@@ -116,7 +124,7 @@ def build(client: Client, config: PanelConfig) -> None:
             layer = gr.Slider(-1, 2, value=-1, step=1, label="Fusion layer (-1 = last)")
             head = gr.Slider(-1, 3, value=-1, step=1, label="Head (-1 = mean)")
         show = gr.Button("Show attention")
-        heat = gr.Image(type="pil", label="tokens→image attention", interactive=False)
+        heat = gr.Image(type="pil", label="words→objects attention", interactive=False)
         tokens = gr.Markdown()
     explanation("How it works", EXPLANATION)
 
@@ -162,6 +170,8 @@ def build(client: Client, config: PanelConfig) -> None:
         view, info = call_backend(client, "segment_attention", img, text or "", pts or "", bx or "",
                                   int(lay), int(hd), int(tok))
         listing = " ".join(f"`{i}:{t}`" for i, t in enumerate(info["tokens"]))
-        return view, f"Tokens: {listing} — showing token {info['token']}, peak weight {info['peak']:.3f}"
+        weights = ", ".join(f"{w:.2f}" for w in info["objects"]) or "no objects"
+        return view, (f"Tokens: {listing} — token {info['token']} gives the objects (largest first) {weights}; "
+                      f"{info['nothing']:.2f} goes to *nothing*")
 
     show.click(attention, [image, expression, points, box, token, layer, head], [heat, tokens], **queue)

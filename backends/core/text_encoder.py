@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +60,34 @@ class MiniLMEncoder(torch.nn.Module):
         summed = (states * mask.unsqueeze(-1)).sum(1)
         pooled = torch.nn.functional.normalize(summed / mask.sum(1, keepdim=True).clamp(min=1), dim=-1)
         return TextEncoding(tokens=states, mask=mask, pooled=pooled)
+
+
+class TextCache:
+    """Bounded LRU cache in front of an encoder: each sentence is encoded once; batches come back padded."""
+
+    def __init__(self, encoder: MiniLMEncoder, capacity: int = 50_000):
+        self.encoder = encoder
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def __call__(self, sentences: list[str]) -> TextEncoding:
+        """The encodings of ``sentences`` (token states padded to the longest)."""
+        missing = list(dict.fromkeys(s for s in sentences if s not in self._entries))
+        if missing:
+            encoded = self.encoder(missing)
+            for row, sentence in enumerate(missing):
+                length = int(encoded.mask[row].sum())
+                self._entries[sentence] = (encoded.tokens[row, :length].clone(), encoded.pooled[row].clone())
+        entries = []
+        for sentence in sentences:
+            self._entries.move_to_end(sentence)
+            entries.append(self._entries[sentence])
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        longest = max(tokens.shape[0] for tokens, _ in entries)
+        tokens = entries[0][0].new_zeros((len(entries), longest, entries[0][0].shape[1]))
+        mask = torch.zeros(len(entries), longest, dtype=torch.bool, device=tokens.device)
+        for row, (states, _) in enumerate(entries):
+            tokens[row, :states.shape[0]] = states
+            mask[row, :states.shape[0]] = True
+        return TextEncoding(tokens=tokens, mask=mask, pooled=torch.stack([pooled for _, pooled in entries]))

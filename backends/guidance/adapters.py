@@ -20,9 +20,10 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from backends.core.fashion_classifier import FashionClassifier
 from backends.core.fashion_mnist import CLASS_NAMES
 from backends.guidance.data import load_split, to_model_range
-from backends.guidance.model import NULL_CLASS, FashionClassifier, load_classifier, load_dit
+from backends.guidance.model import NULL_CLASS, load_classifier, load_dit
 from backends.guidance.softpag import install_softpag
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "guidance"

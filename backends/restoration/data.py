@@ -39,8 +39,9 @@ class BatchSampler:
     """
 
     def __init__(self, images: list[np.ndarray], prompt_ids_by_task: dict[str, list[int]], crop: int,
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, task_weights: tuple[float, ...] = TASK_WEIGHTS):
         self.device = device
+        self.task_weights = np.asarray(task_weights, dtype=float) / sum(task_weights)
         self.crop = crop
         self.images = [torch.from_numpy(image).permute(2, 0, 1).contiguous().to(device) for image in images]
         self.is_gray = [bool((image == image[..., :1]).all()) for image in images]
@@ -75,9 +76,9 @@ class BatchSampler:
         return patch[0].clamp(0, 1)
 
     def sample(self, batch_size: int) -> Batch:
-        """A batch with tasks drawn by TASK_WEIGHTS and, for each sample, a random instruction of its task."""
+        """A batch with tasks drawn by the task weights and, for each sample, a random instruction of its task."""
         clean = torch.stack([self._crop() for _ in range(batch_size)])
-        task = self.rng.choice(len(TASKS), size=batch_size, p=TASK_WEIGHTS)
+        task = self.rng.choice(len(TASKS), size=batch_size, p=self.task_weights)
         prompt = np.empty(batch_size, dtype=np.int64)
         degraded = clean.clone()
         for task_index, task_name in enumerate(TASKS):

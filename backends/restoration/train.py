@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=RestorerConfig.width, help="channels C of a new model")
     parser.add_argument("--blocks", default=",".join(map(str, RestorerConfig.blocks)),
                         help="blocks per level of a new model, e.g. 1,2,2,2")
+    parser.add_argument("--task-weights", default=",".join(map(str, TASK_WEIGHTS)),
+                        help="sampling weights of noise,haze,rain,none in a batch")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--eval-side", type=int, help="held-out evaluation crop side; default 512 cuda, 192 cpu")
     parser.add_argument("--no-baselines", action="store_true", help="skip classical baselines in the evaluation")
@@ -157,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     first_step = step
 
     images = load_images(training_names(), skip_missing=True)
-    sampler = BatchSampler(list(images.values()), table.train_ids, crop, device, seed=args.seed + step)
+    task_weights = tuple(float(weight) for weight in args.task_weights.split(","))
+    sampler = BatchSampler(list(images.values()), table.train_ids, crop, device, seed=args.seed + step,
+                           task_weights=task_weights)
     jitter = torch.Generator(device=device).manual_seed(args.seed + 7 + step)
     parameter_count = sum(p.numel() for p in restorer.parameters())
     print(f"restorer {parameter_count / 1e6:.2f} M parameters, {len(images)} training images, batch {batch_size}"
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             "train": {
                 "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
                 "seed": args.seed, "batch": batch_size, "crop": crop, "lr": args.lr, "minutes": args.minutes,
-                "task_weights": dict(zip(TASKS, TASK_WEIGHTS, strict=True)), "training_images": list(images),
+                "task_weights": dict(zip(TASKS, task_weights, strict=True)), "training_images": list(images),
                 "resumed_from": resumed_from, "first_step": first_step, "steps": step,
                 "train_seconds": train_seconds, "wall_seconds": time.time() - started, "loss_curve": history,
             },

@@ -2,8 +2,8 @@
 
 Any image is letterboxed to the model's square input (padded with its mean colour, aspect ratio kept); clicks and
 the box are mapped into that frame, and the candidate maps are cropped back and resized to the image. The
-text-independent image features and the text encodings are kept in bounded LRU caches, so a further query on the
-same image (new expression, new clicks) only runs the light fusion and mask decoder.
+text-independent image features (foreground, objects, object tokens) and the text encodings are kept in bounded LRU
+caches, so a further query on the same image (new expression, new clicks) only runs the light object–word fusion.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from PIL import Image
 
-from backends.core.text_encoder import MiniLMEncoder, TextEncoding
-from backends.segmentation.data import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, MAX_PROMPTS, PAD
-from backends.segmentation.model import WEIGHTS_NAME, ImageFeatures, Segmenter, load_checkpoint
+from backends.core.text_encoder import MiniLMEncoder, TextCache
+from backends.segmentation.data import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, CATEGORIES, COLOUR_KEYS, MAX_PROMPTS, PAD
+from backends.segmentation.model import WEIGHTS_NAME, ImageFeatures, Segmenter, candidate_maps, load_checkpoint
 from backends.segmentation.query import LRUCache, Prediction, Query
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "segmentation"
@@ -80,7 +80,7 @@ class EmbeddedSegmenter:
         self.device = device
         self.meta = meta or {}
         self.features: LRUCache[str, ImageFeatures] = LRUCache(FEATURE_CACHE_SIZE)
-        self.texts: LRUCache[str, TextEncoding] = LRUCache(TEXT_CACHE_SIZE)
+        self.texts = TextCache(self.text_encoder, TEXT_CACHE_SIZE)
 
     @classmethod
     def load(cls, folder: Path = ASSETS, device: str = "cpu") -> EmbeddedSegmenter:
@@ -98,36 +98,52 @@ class EmbeddedSegmenter:
         cached = self.features.get(key)
         if cached is not None:
             return cached, True
-        tensor = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)[None].float() / 255
-        features = self.model.encode_image(tensor)
+        features = self.model.encode_image(torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).float() / 255)
         self.features.put(key, features)
         return features, False
 
     @torch.no_grad()
-    def text(self, expression: str) -> TextEncoding:
-        """Cached MiniLM encoding of ``expression``."""
-        cached = self.texts.get(expression)
-        if cached is None:
-            cached = self.text_encoder([expression])
-            self.texts.put(expression, cached)
-        return cached
-
-    @torch.no_grad()
     def predict(self, query: Query, return_attention: bool = False) -> Prediction:
-        """Three candidate probability maps at the image's size with their predicted IoU scores."""
+        """Three candidate probability maps at the image's size with their scores.
+
+        Extras: whether the image features were cached, the objects found (category and colour guesses) and,
+        when asked, the words→objects attention with the object masks and tokens."""
         pixels, frame = letterbox(query.image, self.model.config.image_size)
         features, cached = self.image_features(pixels)
-        text = self.text(query.expression.strip())
+        text = self.texts([query.expression.strip()])
         prompts = torch.from_numpy(prompt_array(query, frame)).to(self.device)[None]
-        out = self.model.decode(features, text.tokens, text.mask, prompts, return_attention)
+        out = self.model.decode([features], text.tokens, text.mask, prompts, return_attention)
+        count = features.tokens.shape[0]
+        maps, scores, _ = candidate_maps(features, out.logits[0, :count], self.model.config.num_masks)
         top, left = frame.top, frame.left
         h, w = round(frame.height * frame.scale), round(frame.width * frame.scale)
-        logits = out.masks[:, :, top:top + max(1, h), left:left + max(1, w)]
-        logits = F.interpolate(logits, size=(frame.height, frame.width), mode="bilinear", align_corners=False)
-        extras: dict = {"feature_cache_hit": cached}
+        maps = maps[None, :, top:top + max(1, h), left:left + max(1, w)]
+        maps = F.interpolate(maps, size=(frame.height, frame.width), mode="bilinear", align_corners=False)[0]
+        referred = torch.sigmoid(out.logits[0, :count]).tolist()
+        extras: dict = {"feature_cache_hit": cached, "objects": [
+            {"category": CATEGORIES[int(c)].key, "colour": COLOUR_KEYS[int(k)], "referred": round(p, 4)}
+            for c, k, p in zip(features.category_logits.argmax(1).tolist(), features.colour_logits.argmax(1).tolist(),
+                               referred, strict=True)]}
+        extras["notes"] = self._notes(features, query, frame)
         if return_attention and out.attention is not None:
             extras["attention"] = out.attention
+            extras["object_masks"] = features.masks
             extras["tokens"] = self.text_encoder.tokenizer.convert_ids_to_tokens(
                 self.text_encoder.tokenizer(query.expression.strip())["input_ids"])
             extras["frame"] = frame
-        return Prediction(torch.sigmoid(logits[0]).cpu().numpy(), out.scores[0].tolist(), extras)
+        return Prediction(maps.clamp(0, 1).cpu().numpy(), scores, extras)
+
+    @staticmethod
+    def _notes(features: ImageFeatures, query: Query, frame: Frame) -> list[str]:
+        """Plain-language notes when the model found nothing to work with."""
+        if features.tokens.shape[0] == 0:
+            return ["the embedded model found no items it knows in this image (it learned clothing items and simple "
+                    "shapes on generated scenes); for real photos choose the hub model (CLIPSeg + SAM)"]
+        side = features.masks.shape[-1]
+        notes = []
+        for x, y, label in query.points:
+            mx, my = frame.to_model(x, y)
+            pixel = min(side - 1, int(my * side)), min(side - 1, int(mx * side))
+            if label == 1 and not features.masks[:, pixel[0], pixel[1]].any():
+                notes.append(f"no item under the click at ({x:g}, {y:g}); click on an item to select it")
+        return notes

@@ -1,6 +1,7 @@
 """Held-out evaluation of the referring segmenter (used by train.py and the benchmarks).
 
-Held-out scenes come from seeds ≥ HELDOUT_SEED_START and Fashion-MNIST's test split, never seen in training.
+Each query runs end to end (foreground, objects, fusion). Held-out scenes come from seeds ≥ HELDOUT_SEED_START
+and Fashion-MNIST's test split, never seen in training.
 Sets: "heldout_scenes" (text queries with training wordings), "heldout_wordings" (held-out templates and
 synonyms), "prompts" (clicks and boxes only). Metrics: mIoU, oIoU, Pr@0.5…0.9 and oracle mIoU (best of the three
 candidates) over queries whose referent is present; empty-mask rate over queries about absent objects; counting
@@ -15,9 +16,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from backends.core.text_encoder import MiniLMEncoder
+from backends.core.text_encoder import TextCache
 from backends.segmentation.data import HELDOUT_SEED_START, TEXT_QUERIES, Sample, make_samples
-from backends.segmentation.model import Segmenter, SegmenterOutput
+from backends.segmentation.model import Segmenter, candidate_maps
 from backends.segmentation.tasks import detect, min_area
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -34,26 +35,6 @@ def heldout_samples(count: int, heldout_wording: bool = False, kinds: tuple[str,
     """``count`` held-out samples (one query per scene), deterministic."""
     return [make_samples(HELDOUT_SEED_START + offset + i, 1, heldout_wording=heldout_wording, kinds=kinds)[0]
             for i in range(count)]
-
-
-def batch_tensors(samples: list[Sample], device: torch.device | str) -> dict:
-    """Stack samples into model inputs: images [B, 3, H, W] in [0, 1], masks, prompts and expressions."""
-    images = torch.from_numpy(np.stack([s.image for s in samples])).to(device).permute(0, 3, 1, 2).float() / 255
-    return {
-        "images": images,
-        "masks": torch.from_numpy(np.stack([s.mask for s in samples])).to(device),
-        "prompts": torch.from_numpy(np.stack([s.prompts for s in samples])).to(device),
-        "expressions": [s.expression for s in samples],
-    }
-
-
-def run_model(model: Segmenter, text_encoder: MiniLMEncoder, images: torch.Tensor, expressions: list[str],
-              prompts: torch.Tensor, autocast: bool = False, return_attention: bool = False) -> SegmenterOutput:
-    """Encode the expressions with the frozen text encoder and run the segmenter (bf16 autocast if asked)."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
-        with torch.no_grad():
-            text = text_encoder(expressions)
-        return model(images, text.tokens, text.mask, prompts, return_attention=return_attention)
 
 
 def _overlap(pred: np.ndarray, target: np.ndarray) -> tuple[int, int]:
@@ -94,39 +75,36 @@ def summarise(records: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate_samples(model: Segmenter, text_encoder: MiniLMEncoder, samples: list[Sample], device: str,
-                     batch_size: int = 128, autocast: bool = False) -> dict:
-    """Metrics of ``model`` on ``samples``; the candidate with the highest predicted score is the answer."""
+def evaluate_samples(model: Segmenter, texts: TextCache, samples: list[Sample]) -> dict:
+    """Metrics of ``model`` on ``samples``; the candidate with the highest score is the answer."""
     model.eval()
+    device = model.pixel_mean.device
     records = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        batch = batch_tensors(chunk, device)
-        out = run_model(model, text_encoder, batch["images"], batch["expressions"], batch["prompts"], autocast)
-        probs = torch.sigmoid(out.masks.float())
-        best = out.scores.argmax(1)
-        chosen = probs[torch.arange(len(chunk)), best].cpu().numpy()
-        candidates = (probs > 0.5).cpu().numpy()
-        for sample, prob, cands in zip(chunk, chosen, candidates, strict=True):
-            pred = prob > 0.5
-            inter, union = _overlap(pred, sample.mask)
-            oracle = max(_iou(c, sample.mask) for c in cands)
-            record = {"kind": sample.kind, "count": sample.count, "inter": inter, "union": union,
-                      "oracle_iou": oracle, "empty": bool(pred.sum() < min_area(pred.shape))}
-            if sample.kind == "plural":
-                record["pred_count"] = len(detect(prob))
-                record["gt_mask_count"] = len(detect(sample.mask.astype(np.float32)))
-            records.append(record)
+    for sample in samples:
+        image = torch.from_numpy(sample.image).to(device).permute(2, 0, 1).float() / 255
+        features = model.encode_image(image)
+        text = texts([sample.expression])
+        out = model.decode([features], text.tokens, text.mask, torch.from_numpy(sample.prompts)[None].to(device))
+        maps, scores, _ = candidate_maps(features, out.logits[0, :features.tokens.shape[0]])
+        candidates = (maps > 0.5).cpu().numpy()
+        pred = candidates[int(np.argmax(scores))]
+        inter, union = _overlap(pred, sample.mask)
+        record = {"kind": sample.kind, "count": sample.count, "inter": inter, "union": union,
+                  "oracle_iou": max(_iou(c, sample.mask) for c in candidates),
+                  "empty": bool(pred.sum() < min_area(pred.shape))}
+        if sample.kind == "plural":
+            record["pred_count"] = len(detect(pred.astype(np.float32)))
+            record["gt_mask_count"] = len(detect(sample.mask.astype(np.float32)))
+        records.append(record)
     return summarise(records)
 
 
-def evaluate_heldout(model: Segmenter, text_encoder: MiniLMEncoder, device: str, total: int = 1500,
-                     batch_size: int = 128, autocast: bool = False) -> dict:
+def evaluate_heldout(model: Segmenter, texts: TextCache, total: int = 1500) -> dict:
     """Metrics on each held-out set (sizes split by EVAL_SETS shares) and the evaluation wall time."""
     started = time.time()
     results = {}
     for name, (share, heldout_wording, kinds, offset) in EVAL_SETS.items():
         samples = heldout_samples(max(1, int(total * share)), heldout_wording, kinds, offset)
-        results[name] = evaluate_samples(model, text_encoder, samples, device, batch_size, autocast)
+        results[name] = evaluate_samples(model, texts, samples)
     results["eval_seconds"] = round(time.time() - started, 1)
     return results

@@ -1,4 +1,4 @@
-"""The panel's example images: held-out generated scenes (never seen in training) and one real photo.
+"""The panel's example images: held-out generated scenes (never seen in training) with text, click and box queries.
 
     python -m backends.segmentation.examples    # (re)writes assets/segmentation/examples/
 """
@@ -10,14 +10,31 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage import data as skdata
 
-from backends.segmentation.data import HELDOUT_SEED_START, make_samples
+from backends.segmentation.data import (
+    BOX_BOTTOM_RIGHT,
+    BOX_TOP_LEFT,
+    HELDOUT_SEED_START,
+    NEGATIVE,
+    POSITIVE,
+    make_samples,
+)
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "segmentation" / "examples"
 SCENE_SIZE = 256
-# (seed offset, kinds to draw a query from); chosen to show plural, relation, ordinal and colour queries.
-SCENES = ((3, ("plural",)), (11, ("relation",)), (7, ("ordinal",)), (19, ("colour_category",)))
+# (seed offset, kinds to draw a query from); chosen to show plural, relation, ordinal, colour, click and box queries.
+SCENES = ((3, ("plural",)), (11, ("relation",)), (7, ("ordinal",)), (19, ("colour_category",)), (23, ("points",)),
+          (29, ("box",)))
+
+
+def prompt_strings(prompts: np.ndarray, size: int) -> dict[str, str]:
+    """A sample's prompt rows as the API's ``points`` and ``box`` strings (pixels of a size×size image)."""
+    points = [[round(float(x) * size, 1), round(float(y) * size, 1), int(label)] for x, y, label in prompts
+              if label in (POSITIVE, NEGATIVE)]
+    corners = {int(label): (float(x) * size, float(y) * size) for x, y, label in prompts
+               if label in (BOX_TOP_LEFT, BOX_BOTTOM_RIGHT)}
+    box = [round(v, 1) for v in (*corners[BOX_TOP_LEFT], *corners[BOX_BOTTOM_RIGHT])] if corners else []
+    return {"points": json.dumps(points) if points else "", "box": json.dumps(box) if box else ""}
 
 
 def write_examples(folder: Path = EXAMPLES_DIR) -> list[dict]:
@@ -28,10 +45,7 @@ def write_examples(folder: Path = EXAMPLES_DIR) -> list[dict]:
         sample = make_samples(HELDOUT_SEED_START + 900_000 + offset, size=SCENE_SIZE, kinds=kinds)[0]
         name = f"scene_{offset}.png"
         Image.fromarray(sample.image).save(folder / name)
-        examples.append({"file": name, "expression": sample.expression, "points": "", "box": ""})
-    photo = np.asarray(skdata.coffee())
-    Image.fromarray(photo).resize((300, 200), Image.BILINEAR).save(folder / "coffee.png")
-    examples.append({"file": "coffee.png", "expression": "", "points": "[[150, 90, 1]]", "box": ""})
+        examples.append({"file": name, "expression": sample.expression, **prompt_strings(sample.prompts, SCENE_SIZE)})
     (folder / "examples.json").write_text(json.dumps(examples, indent=1))
     return examples
 

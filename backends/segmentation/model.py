@@ -1,6 +1,21 @@
-"""HeadLab's referring segmenter: a small conv vision encoder, frozen MiniLM token states as the text side,
-a SAM-style prompt encoder (clicks and box), a fusion transformer with inspectable text↔image attention heads
-and a mask decoder that returns three candidate masks with predicted IoU scores.
+"""HeadLab's referring segmenter, object-centric.
+
+1. :class:`ForegroundNet`, a small U-Net, marks the pixels of items (any category) at the input resolution.
+2. The foreground's connected components are the objects (:func:`find_objects`).
+3. :class:`ObjectEncoder` embeds each object from a crop of its box (RGB and its mask), its geometry, its mean
+   colour and a Fashion-MNIST prior: the class probabilities that HeadLab's frozen Fashion-MNIST classifier (trained
+   by the Guidance panel) gives a grayscale view of the crop; auxiliary heads name its category and colour (used in
+   training only).
+4. :class:`FusionBlock` layers are a two-way transformer between the object tokens and the frozen MiniLM token
+   states of the expression: objects attend to the words, objects attend to each other with a bias from their
+   relative geometry (relations, superlatives, ordinals), and words attend to the objects. The words→objects heads
+   are the ones the panel draws.
+   Clicks and a box enter as exact per-object evidence (is a click inside the object, how much of it is in the box).
+5. A per-object "referred" probability gives three candidate masks: the three most probable sets of objects
+   (:func:`candidate_sets`), each scored by its probability.
+
+:meth:`Segmenter.encode_image` (steps 1–3) runs once per image and is cached by the service; :meth:`Segmenter.decode`
+(step 4) is all a further query costs.
 """
 
 from __future__ import annotations
@@ -9,17 +24,30 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from safetensors.torch import load_file, save_file
+from scipy import ndimage
 from torch import nn
 
-from backends.segmentation.data import BOX_BOTTOM_RIGHT, MAX_PROMPTS
+from backends.core.fashion_classifier import CLASSIFIER_CONFIG, IMAGE_SIZE, NUM_CLASSES, FashionClassifier
+from backends.segmentation.data import (
+    BOX_BOTTOM_RIGHT,
+    BOX_TOP_LEFT,
+    CATEGORIES,
+    COLOUR_KEYS,
+    NEGATIVE,
+    POSITIVE,
+)
 
 WEIGHTS_NAME = "segmenter.safetensors"
 CONFIG_NAME = "segmentation.json"
+MIN_OBJECT_AREA = 12  # pixels (at the model's input size); smaller foreground specks are not objects
+GEOMETRY_FEATURES = 7  # x0, y0, x1, y1, centre x, centre y, sqrt(area), all in [0, 1]
+PAIR_FEATURES = 4  # see pairwise_geometry
+PROMPT_FEATURES = 6  # see prompt_evidence
 
 
 @dataclass
@@ -27,14 +55,16 @@ class SegmenterConfig:
     """Hyper-parameters needed to rebuild the model (stored in segmentation.json)."""
 
     image_size: int = 128
+    widths: tuple[int, int, int, int] = (16, 32, 64, 96)  # foreground U-Net, per level
+    crop: int = 32  # side of an object's crop
+    object_widths: tuple[int, int, int] = (32, 64, 128)  # object encoder CNN
     dim: int = 128
     heads: int = 4
     depth: int = 3  # fusion blocks (run per query)
-    encoder_depth: int = 2  # image-only transformer layers (run once per image, cached)
     text_dim: int = 384
-    widths: tuple[int, int, int] = (32, 64, 128)
     num_masks: int = 3
-    max_prompts: int = MAX_PROMPTS
+    max_objects: int = 12
+    fashion_prior: bool = True  # frozen Fashion-MNIST classifier probabilities as object features
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -43,19 +73,9 @@ class SegmenterConfig:
     @classmethod
     def from_dict(cls, values: dict) -> SegmenterConfig:
         """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        if "widths" in known:
-            known["widths"] = tuple(known["widths"])
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                 if k in cls.__dataclass_fields__}
         return cls(**known)
-
-
-@dataclass
-class SegmenterOutput:
-    """Candidate mask logits at the input resolution, predicted IoU scores and (optionally) attention maps."""
-
-    masks: torch.Tensor  # [B, num_masks, H, W] logits
-    scores: torch.Tensor  # [B, num_masks] predicted IoU in [0, 1]
-    attention: dict[str, list[torch.Tensor]] | None = None  # "tokens_to_image"/"image_to_tokens": per layer
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -76,25 +96,118 @@ class ResBlock(nn.Module):
         return F.gelu(x + self.body(x))
 
 
-class ConvEncoder(nn.Module):
-    """Conv encoder: features at strides 2, 4 and 8 (text-independent, so they can be cached per image)."""
+class ForegroundNet(nn.Module):
+    """U-Net: normalised image [B, 3, S, S] → item-pixel logits [B, S, S]."""
 
-    def __init__(self, widths: tuple[int, int, int]):
+    def __init__(self, widths: tuple[int, int, int, int]):
         super().__init__()
-        w2, w4, w8 = widths
-        self.stage2 = nn.Sequential(_conv(3, w2, 2), ResBlock(w2))
-        self.stage4 = nn.Sequential(_conv(w2, w4, 2), ResBlock(w4), ResBlock(w4))
-        self.stage8 = nn.Sequential(_conv(w4, w8, 2), ResBlock(w8), ResBlock(w8))
+        w = widths
+        self.downs = nn.ModuleList([
+            nn.Sequential(_conv(3, w[0]), ResBlock(w[0])),
+            nn.Sequential(_conv(w[0], w[1], 2), ResBlock(w[1])),
+            nn.Sequential(_conv(w[1], w[2], 2), ResBlock(w[2])),
+            nn.Sequential(_conv(w[2], w[3], 2), ResBlock(w[3]), ResBlock(w[3])),
+        ])
+        self.ups = nn.ModuleList(_conv(w[level + 1] + w[level], w[level]) for level in range(3))
+        self.head = nn.Conv2d(w[0], 1, 1)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Features (f2, f4, f8) of a normalised image batch."""
-        f2 = self.stage2(image)
-        f4 = self.stage4(f2)
-        return f2, f4, self.stage8(f4)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Per-pixel logits."""
+        skips = []
+        x = image
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        for level in (2, 1, 0):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = self.ups[level](torch.cat([x, skips[level]], dim=1))
+        return self.head(x)[:, 0]
+
+
+def find_objects(foreground: np.ndarray, max_objects: int) -> np.ndarray:
+    """Objects of a boolean foreground map [S, S] as boolean masks [N, S, S], largest first.
+
+    Components closer than two pixels are one object (a strap of a sandal); specks under MIN_OBJECT_AREA are
+    dropped; at most ``max_objects`` are kept.
+    """
+    grown = ndimage.binary_dilation(foreground, structure=np.ones((3, 3), bool))
+    labels, count = ndimage.label(grown, structure=np.ones((3, 3), bool))
+    labels[~foreground] = 0
+    if count == 0:
+        return np.zeros((0, *foreground.shape), bool)
+    areas = ndimage.sum_labels(foreground, labels, np.arange(1, count + 1))
+    order = [int(i) + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= MIN_OBJECT_AREA][:max_objects]
+    return np.stack([labels == index for index in order]) if order else np.zeros((0, *foreground.shape), bool)
+
+
+def object_geometry(masks: torch.Tensor) -> torch.Tensor:
+    """Boxes, centres and sqrt(area) of masks [N, S, S] as [N, GEOMETRY_FEATURES] in [0, 1]."""
+    n, side = masks.shape[0], masks.shape[-1]
+    if n == 0:
+        return masks.new_zeros((0, GEOMETRY_FEATURES), dtype=torch.float32)
+    coords = torch.arange(side, device=masks.device, dtype=torch.float32)
+    rows, cols = masks.any(2), masks.any(1)  # [N, S]
+    big = torch.full_like(coords, float(side))
+    y0 = torch.where(rows, coords, big).amin(1)
+    y1 = torch.where(rows, coords, -big).amax(1) + 1
+    x0 = torch.where(cols, coords, big).amin(1)
+    x1 = torch.where(cols, coords, -big).amax(1) + 1
+    area = masks.flatten(1).float().sum(1)
+    boxes = torch.stack([x0, y0, x1, y1], 1) / side
+    centres = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2], 1) / side
+    return torch.cat([boxes, centres, (area.sqrt() / side)[:, None]], 1)
+
+
+def crop_objects(image: torch.Tensor, masks: torch.Tensor, geometry: torch.Tensor, crop: int) -> torch.Tensor:
+    """Square crops around each object's box of [image; mask]: image [3, S, S], masks [N, S, S] → [N, 4, crop, crop]."""
+    n = masks.shape[0]
+    boxes = geometry[:, :4]
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = ((boxes[:, 2:] - boxes[:, :2]).amax(1) * 1.15 + 2 / image.shape[-1]) / 2
+    theta = torch.zeros(n, 2, 3, device=image.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 2 * half
+    theta[:, :, 2] = 2 * centre - 1
+    grid = F.affine_grid(theta, [n, 4, crop, crop], align_corners=False)
+    planes = torch.cat([image[None].expand(n, -1, -1, -1), masks[:, None].float()], dim=1)
+    return F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def fashion_view(crops: torch.Tensor) -> torch.Tensor:
+    """Fashion-MNIST-like views [N, 1, 28, 28] in [-1, 1] of object crops [N, 4, c, c] (RGB in [0, 1] and mask):
+    the brightest channel inside the mask, stretched to [0, 1], black outside."""
+    mask = crops[:, 3]
+    inside = mask > 0.5
+    light = crops[:, :3].amax(1)
+    low = torch.where(inside, light, torch.full_like(light, 1e4)).amin((1, 2)).clamp(max=1.0)
+    high = torch.where(inside, light, torch.full_like(light, -1e4)).amax((1, 2)).clamp(min=0.0)
+    gray = ((light - low[:, None, None]) / (high - low).clamp(min=1e-3)[:, None, None]).clamp(0, 1) * mask
+    view = F.interpolate(gray[:, None], size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+    return view * 2 - 1
+
+
+class ObjectEncoder(nn.Module):
+    """Object crop, geometry, mean colour (and prior) → token; plus category and colour logits (auxiliary heads)."""
+
+    def __init__(self, widths: tuple[int, int, int], dim: int, prior_dim: int = 0):
+        super().__init__()
+        w = widths
+        self.cnn = nn.Sequential(_conv(4, w[0]), ResBlock(w[0]), _conv(w[0], w[1], 2), ResBlock(w[1]),
+                                 _conv(w[1], w[2], 2), ResBlock(w[2]), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.project = nn.Sequential(nn.Linear(w[2] + GEOMETRY_FEATURES + 3 + prior_dim, dim), nn.GELU(),
+                                     nn.Linear(dim, dim), nn.LayerNorm(dim))
+        self.category_head = nn.Linear(w[2], len(CATEGORIES))
+        self.colour_head = nn.Linear(w[2], len(COLOUR_KEYS))
+
+    def forward(self, crops: torch.Tensor, geometry: torch.Tensor, colour: torch.Tensor, prior: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens [N, dim], category logits [N, 14] and colour logits [N, 8] (``prior`` may have 0 columns)."""
+        appearance = self.cnn(crops)
+        tokens = self.project(torch.cat([appearance, geometry, colour, prior], dim=1))
+        return tokens, self.category_head(appearance), self.colour_head(appearance)
 
 
 class FourierPositions(nn.Module):
-    """SAM's random Fourier encoding of (x, y) in [0, 1], shared by the image grid and the prompts."""
+    """SAM's random Fourier encoding of (x, y) in [0, 1]."""
 
     def __init__(self, dim: int, seed: int = 0):
         super().__init__()
@@ -106,13 +219,6 @@ class FourierPositions(nn.Module):
         projected = (2 * coords - 1) @ self.gaussian * (2 * math.pi)
         return torch.cat([projected.sin(), projected.cos()], dim=-1)
 
-    def grid(self, height: int, width: int) -> torch.Tensor:
-        """Encoding of pixel centres of a height×width grid, [height·width, dim]."""
-        ys = (torch.arange(height, device=self.gaussian.device) + 0.5) / height
-        xs = (torch.arange(width, device=self.gaussian.device) + 0.5) / width
-        coords = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
-        return self(coords.reshape(-1, 2))
-
 
 class Attention(nn.Module):
     """Multi-head attention that can hand back its weights (for inspecting heads)."""
@@ -122,23 +228,24 @@ class Attention(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_mask: torch.Tensor | None = None, keep: list | None = None) -> torch.Tensor:
-        """Attend from ``query`` [B, Nq, D] to ``key``/``value`` [B, Nk, D]; ``key_mask`` True = attend.
+    def forward(self, query: torch.Tensor, key: torch.Tensor, key_mask: torch.Tensor,
+                keep: list | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend from ``query`` [B, Nq, D] to ``key`` [B, Nk, D] (also the values); ``key_mask`` True = attend;
+        ``bias`` [B, heads, Nq, Nk] is added to the attention logits.
 
         When ``keep`` is a list, the attention weights [B, heads, Nq, Nk] are appended to it.
         """
         b, nq, d = query.shape
         split = lambda x: x.view(b, x.shape[1], self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.q(query)), split(self.k(key)), split(self.v(value))
-        mask = key_mask[:, None, None, :] if key_mask is not None else None
+        q, k, v = split(self.q(query)), split(self.k(key)), split(self.v(key))
+        mask = key_mask[:, None, None, :]
+        if bias is not None:
+            mask = bias.masked_fill(~mask, float("-inf"))
         if keep is None:
             mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            if mask is not None:
-                logits = logits.masked_fill(~mask, float("-inf"))
-            weights = logits.float().softmax(-1).to(v.dtype)
+            weights = (logits + mask if bias is not None else logits.masked_fill(~mask, float("-inf"))).softmax(-1)
             keep.append(weights.detach())
             mixed = weights @ v
         return self.out(mixed.transpose(1, 2).reshape(b, nq, d))
@@ -148,160 +255,232 @@ def _mlp(dim: int, hidden: int, out: int | None = None) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out or dim))
 
 
-class ImageBlock(nn.Module):
-    """Pre-norm transformer layer over the image tokens (self-attention with positions, then an MLP)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.attn = Attention(dim, heads)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mlp = _mlp(dim, 4 * dim)
-
-    def forward(self, image: torch.Tensor, image_pos: torch.Tensor) -> torch.Tensor:
-        """One layer."""
-        x = self.norm1(image)
-        image = image + self.attn(x + image_pos, x + image_pos, x)
-        return image + self.mlp(self.norm2(image))
+def pairwise_geometry(geometry: torch.Tensor) -> torch.Tensor:
+    """How object j lies relative to object i: geometry [B, N, GEOMETRY_FEATURES] → [B, N, N, PAIR_FEATURES] with
+    the centre offset (dx, dy), the distance and the log ratio of the sizes."""
+    centre, size = geometry[..., 4:6], geometry[..., 6]
+    delta = centre[:, None, :, :] - centre[:, :, None, :]
+    ratio = torch.log((size[:, None, :] + 1e-3) / (size[:, :, None] + 1e-3))
+    return torch.cat([delta, delta.norm(dim=-1, keepdim=True), ratio[..., None]], dim=-1)
 
 
 class FusionBlock(nn.Module):
-    """Token self-attention, tokens→image cross-attention, token MLP, image→tokens cross-attention, image
-    self-attention and a small image MLP.
-
-    Tokens are the output tokens, the prompt tokens and the text tokens; image positions are re-added to the
-    image queries/keys at every attention, as in SAM's two-way transformer.
-    """
+    """Objects→words cross-attention, object self-attention (with a learned bias per head from the objects' relative
+    geometry, so that "left of", "nearest" and "biggest" are easy to express), object MLP, words→objects
+    cross-attention, word MLP (pre-norm, residual)."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.token_self, self.image_self = Attention(dim, heads), Attention(dim, heads)
-        self.token_to_image, self.image_to_token = Attention(dim, heads), Attention(dim, heads)
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(7))
-        self.token_mlp, self.image_mlp = _mlp(dim, 4 * dim), _mlp(dim, 2 * dim)
+        self.heads = heads
+        self.relation_bias = _mlp(PAIR_FEATURES, 32, heads)
+        self.object_self = Attention(dim, heads)
+        self.objects_to_words = Attention(dim, heads)
+        self.words_to_objects = Attention(dim, heads)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(6))
+        self.object_mlp, self.word_mlp = _mlp(dim, 4 * dim), _mlp(dim, 2 * dim)
 
-    def forward(self, image: torch.Tensor, image_pos: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                attention: dict[str, list] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One fusion step; appends the cross-attention weights to ``attention`` when it is given."""
+    def forward(self, objects: torch.Tensor, object_mask: torch.Tensor, pairs: torch.Tensor, words: torch.Tensor,
+                word_mask: torch.Tensor, attention: dict[str, list] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step (``pairs``: pairwise_geometry of the objects, "nothing" included as zeros); appends the
+        cross-attention weights to ``attention`` when it is given."""
         n = self.norms
-        t = n[0](tokens)
-        tokens = tokens + self.token_self(t, t, t, token_mask)
-        t, x = n[1](tokens), n[2](image)
-        tokens = tokens + self.token_to_image(t, x + image_pos, x, None,
-                                              attention["tokens_to_image"] if attention is not None else None)
-        tokens = tokens + self.token_mlp(n[3](tokens))
-        t = n[4](tokens)
-        image = image + self.image_to_token(x + image_pos, t, t, token_mask,
-                                            attention["image_to_tokens"] if attention is not None else None)
-        x = n[5](image)
-        image = image + self.image_self(x + image_pos, x + image_pos, x)
-        return image + self.image_mlp(n[6](image)), tokens
+        objects = objects + self.objects_to_words(n[0](objects), n[1](words), word_mask,
+                                                  attention["objects_to_words"] if attention is not None else None)
+        o = n[2](objects)
+        objects = objects + self.object_self(o, o, object_mask, bias=self.relation_bias(pairs).permute(0, 3, 1, 2))
+        objects = objects + self.object_mlp(n[3](objects))
+        words = words + self.words_to_objects(n[4](words), objects, object_mask,
+                                              attention["words_to_objects"] if attention is not None else None)
+        return objects, words + self.word_mlp(n[5](words))
 
 
 @dataclass
 class ImageFeatures:
-    """Everything the model computes from the image alone (cached per image by the service)."""
+    """What the model computes from one image alone (cached per image by the service)."""
 
-    tokens: torch.Tensor  # [B, h·w, dim] after the image-only transformer layers
-    skip4: torch.Tensor  # [B, dim/2, 2h, 2w] projected stride-4 features
-    skip2: torch.Tensor  # [B, dim/4, 4h, 4w] projected stride-2 features
-    grid: tuple[int, int]  # (h, w)
-    size: tuple[int, int]  # input (H, W)
+    foreground: torch.Tensor  # [S, S] item-pixel probability
+    masks: torch.Tensor  # [N, S, S] bool, the objects
+    geometry: torch.Tensor  # [N, GEOMETRY_FEATURES]
+    tokens: torch.Tensor  # [N, dim]
+    category_logits: torch.Tensor  # [N, len(CATEGORIES)]
+    colour_logits: torch.Tensor  # [N, len(COLOUR_KEYS)]
+
+
+@dataclass
+class SegmenterOutput:
+    """Per-object "referred" logits of a batch of queries (objects padded) and, optionally, attention weights."""
+
+    logits: torch.Tensor  # [B, N]
+    object_mask: torch.Tensor  # [B, N] True for real objects
+    attention: dict[str, list[torch.Tensor]] | None = None  # per layer, "words_to_objects" [B, heads, T, 1 + N]
+
+
+def prompt_evidence(masks: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """Exact click/box evidence per object: masks [N, S, S] bool, prompts [P, 3] (x, y in [0, 1], label) →
+    [N, PROMPT_FEATURES]: positive clicks inside, negative clicks inside, any click given, a box given, the share of
+    the object inside the box, and the share of the box the object fills."""
+    n, side = masks.shape[0], masks.shape[-1]
+    labels = prompts[:, 2]
+    pixel = (prompts[:, :2] * side).long().clamp(0, side - 1)
+    clicks = (labels == POSITIVE) | (labels == NEGATIVE)
+    hit = masks[:, pixel[:, 1], pixel[:, 0]].float()  # [N, P]
+    positive = (hit * (labels == POSITIVE).float()).sum(1)
+    negative = (hit * (labels == NEGATIVE).float()).sum(1)
+    out = masks.new_zeros((n, PROMPT_FEATURES), dtype=torch.float32)
+    out[:, 0], out[:, 1], out[:, 2] = positive, negative, float(clicks.any())
+    corners = {int(label): prompts[labels == label, :2] for label in (BOX_TOP_LEFT, BOX_BOTTOM_RIGHT)}
+    if len(corners[BOX_TOP_LEFT]) and len(corners[BOX_BOTTOM_RIGHT]) and n:
+        (x0, y0), (x1, y1) = (corners[BOX_TOP_LEFT][0] * side).tolist(), (corners[BOX_BOTTOM_RIGHT][0] * side).tolist()
+        inside = torch.zeros(side, side, dtype=torch.bool, device=masks.device)
+        inside[int(round(min(y0, y1))):int(round(max(y0, y1))), int(round(min(x0, x1))):int(round(max(x0, x1)))] = True
+        overlap = (masks & inside).flatten(1).float().sum(1)
+        out[:, 3] = 1.0
+        out[:, 4] = overlap / masks.flatten(1).float().sum(1).clamp(min=1)
+        out[:, 5] = overlap / inside.float().sum().clamp(min=1)
+    return out
 
 
 class Segmenter(nn.Module):
-    """Image + text token states + clicks/box → three candidate masks and their predicted IoU.
-
-    SAM's split: :meth:`encode_image` (conv stages and image transformer layers, text-independent) runs once per
-    image; :meth:`decode` (prompt encoder, text↔image fusion, mask decoder) runs per query.
-    """
+    """Image + expression token states + clicks/box → which objects are referred (and from them, masks)."""
 
     def __init__(self, config: SegmenterConfig):
         super().__init__()
         self.config = config
         d = config.dim
-        w2, w4, w8 = config.widths
-        self.encoder = ConvEncoder(config.widths)
-        self.image_proj = nn.Conv2d(w8, d, 1)
-        self.image_blocks = nn.ModuleList(ImageBlock(d, config.heads) for _ in range(config.encoder_depth))
-        self.skip4 = nn.Conv2d(w4, d // 2, 1)
-        self.skip2 = nn.Conv2d(w2, d // 4, 1)
+        self.foreground = ForegroundNet(config.widths)
+        self.fashion = FashionClassifier(**CLASSIFIER_CONFIG).requires_grad_(False) if config.fashion_prior else None
+        self.objects = ObjectEncoder(config.object_widths, d, NUM_CLASSES if config.fashion_prior else 0)
         self.positions = FourierPositions(d)
+        self.prompt_proj = nn.Linear(PROMPT_FEATURES, d)
+        self.null_object = nn.Parameter(torch.randn(1, d) * 0.02)  # always present: words may look at "nothing"
         self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.LayerNorm(d))
-        self.prompt_labels = nn.Embedding(BOX_BOTTOM_RIGHT + 1, d)
-        self.output_tokens = nn.Parameter(torch.randn(1 + config.num_masks, d) * 0.02)
         self.blocks = nn.ModuleList(FusionBlock(d, config.heads) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(d)
-        self.up4 = nn.ConvTranspose2d(d, d // 2, 2, 2)
-        self.norm4 = nn.GroupNorm(8, d // 2)
-        self.up2 = nn.ConvTranspose2d(d // 2, d // 4, 2, 2)
-        self.refine2 = _conv(d // 4, d // 4)
-        self.hyper = nn.ModuleList(_mlp(d, d, d // 4) for _ in range(config.num_masks))
-        self.score_head = _mlp(d, d, config.num_masks)
+        self.referred_head = _mlp(d, d, 1)
         self.register_buffer("pixel_mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
 
+    def train(self, mode: bool = True) -> Segmenter:
+        """Like nn.Module.train, but the frozen Fashion-MNIST classifier always stays in eval mode (no dropout)."""
+        super().train(mode)
+        if self.fashion is not None:
+            self.fashion.eval()
+        return self
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] in [0, 1] → the networks' input scale."""
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def embed_objects(self, image: torch.Tensor, masks: torch.Tensor) -> ImageFeatures:
+        """Object tokens of given masks [N, S, S] in one image [3, S, S] in [0, 1] (foreground left empty)."""
+        masks = masks.bool()
+        geometry = object_geometry(masks)
+        if masks.shape[0] == 0:
+            none = image.new_zeros
+            return ImageFeatures(none(image.shape[-2:]), masks, geometry, none((0, self.config.dim)),
+                                 none((0, len(CATEGORIES))), none((0, len(COLOUR_KEYS))))
+        crops = crop_objects(image, masks, geometry, self.config.crop)
+        weights = masks.flatten(1).float()
+        colour = (weights @ image.flatten(1).T) / weights.sum(1, keepdim=True).clamp(min=1)  # [N, 3]
+        prior = crops.new_zeros((crops.shape[0], 0))
+        if self.fashion is not None:
+            with torch.no_grad():
+                prior = self.fashion(fashion_view(crops)).log_softmax(-1)
+        normalised = torch.cat([self.normalise(crops[:, :3]), crops[:, 3:]], dim=1)
+        tokens, categories, colours = self.objects(normalised, geometry, colour, prior)
+        tokens = tokens + self.positions(geometry[:, 4:6])
+        return ImageFeatures(image.new_zeros(image.shape[-2:]), masks, geometry, tokens, categories, colours)
+
+    @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
-        """Image-only features of images [B, 3, S, S] in [0, 1] (S = config.image_size)."""
-        f2, f4, f8 = self.encoder((image - self.pixel_mean) / self.pixel_std)
-        h, w = f8.shape[-2:]
-        tokens = self.image_proj(f8).flatten(2).transpose(1, 2)
-        image_pos = self.positions.grid(h, w).to(tokens.dtype)[None]
-        for block in self.image_blocks:
-            tokens = block(tokens, image_pos)
-        return ImageFeatures(tokens, self.skip4(f4), self.skip2(f2), (h, w), tuple(image.shape[-2:]))
+        """Foreground, objects and object tokens of one image [3, S, S] in [0, 1] (S = config.image_size)."""
+        foreground = torch.sigmoid(self.foreground(self.normalise(image[None]))[0])
+        masks = torch.from_numpy(find_objects((foreground > 0.5).cpu().numpy(), self.config.max_objects))
+        features = self.embed_objects(image, masks.to(image.device))
+        features.foreground = foreground
+        return features
 
-    def decode(self, features: ImageFeatures, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+    def decode(self, objects: list[ImageFeatures], text_tokens: torch.Tensor, text_mask: torch.Tensor,
                prompts: torch.Tensor, return_attention: bool = False) -> SegmenterOutput:
-        """Masks and scores for one query per image (features may be broadcast from a batch of one)."""
-        img = features.tokens
-        b = text_tokens.shape[0]
-        if img.shape[0] != b:
-            img = img.expand(b, -1, -1)
-        h, w = features.grid
-        image_pos = self.positions.grid(h, w).to(img.dtype)[None]
-        labels = prompts[..., 2].long()
-        prompt_tokens = (self.positions(prompts[..., :2]) + self.prompt_labels(labels.clamp(min=0))).to(img.dtype)
-        out_tokens = self.output_tokens[None].expand(b, -1, -1).to(img.dtype)
-        tokens = torch.cat([out_tokens, prompt_tokens, self.text_proj(text_tokens).to(img.dtype)], dim=1)
-        token_mask = torch.cat([torch.ones(b, out_tokens.shape[1], dtype=torch.bool, device=img.device),
-                                labels >= 0, text_mask.bool()], dim=1)
-        attention = {"tokens_to_image": [], "image_to_tokens": []} if return_attention else None
+        """Per-object logits for a batch of queries: ``objects[i]`` are query i's image features (the same
+        object may serve several queries), text_tokens [B, T, 384], text_mask [B, T], prompts [B, P, 3]."""
+        b, d = len(objects), self.config.dim
+        n = max(1, max(f.tokens.shape[0] for f in objects))
+        tokens = text_tokens.new_zeros((b, n, d))
+        geometry = text_tokens.new_zeros((b, n, GEOMETRY_FEATURES))
+        valid = torch.zeros(b, n, dtype=torch.bool, device=text_tokens.device)
+        for i, features in enumerate(objects):
+            count = features.tokens.shape[0]
+            if count:
+                evidence = prompt_evidence(features.masks, prompts[i])
+                tokens[i, :count] = features.tokens + self.prompt_proj(evidence)
+                geometry[i, :count] = features.geometry
+                valid[i, :count] = True
+        pairs = F.pad(pairwise_geometry(geometry) * (valid[:, :, None] & valid[:, None, :])[..., None],
+                      (0, 0, 1, 0, 1, 0))
+        objects_in = torch.cat([self.null_object[None].expand(b, -1, -1), tokens], dim=1)
+        object_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=valid.device), valid], dim=1)
+        words = self.text_proj(text_tokens)
+        word_mask = text_mask.bool()
+        attention = {"objects_to_words": [], "words_to_objects": []} if return_attention else None
         for block in self.blocks:
-            img, tokens = block(img, image_pos, tokens, token_mask, attention)
-        tokens = self.final_norm(tokens)
-        grid = img.transpose(1, 2).reshape(b, -1, h, w)
-        up = F.gelu(self.norm4(self.up4(grid) + features.skip4))
-        up = self.refine2(self.up2(up) + features.skip2)
-        weights = torch.stack([mlp(tokens[:, 1 + i]) for i, mlp in enumerate(self.hyper)], dim=1)
-        masks = torch.einsum("bkc,bchw->bkhw", weights, up)
-        masks = F.interpolate(masks.float(), size=features.size, mode="bilinear", align_corners=False)
-        scores = torch.sigmoid(self.score_head(tokens[:, 0]).float())
-        return SegmenterOutput(masks, scores, attention)
-
-    def forward(self, image: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                prompts: torch.Tensor, return_attention: bool = False) -> SegmenterOutput:
-        """Segment.
-
-        image [B, 3, S, S] in [0, 1]; text_tokens [B, T, 384]; text_mask [B, T] (True = real token); prompts
-        [B, P, 3] as (x, y) in [0, 1] and a label (-1 pad, 0 negative click, 1 positive click, 2/3 box corners).
-        Token order in the fusion: score token, mask tokens, prompts, text.
-        """
-        return self.decode(self.encode_image(image), text_tokens, text_mask, prompts, return_attention)
+            objects_in, words = block(objects_in, object_mask, pairs, words, word_mask, attention)
+        logits = self.referred_head(self.final_norm(objects_in[:, 1:]))[..., 0]
+        return SegmenterOutput(logits.masked_fill(~valid, -30.0), valid, attention)
 
 
-def load_checkpoint(path: Path) -> tuple[Segmenter, dict]:
+def candidate_sets(probabilities: np.ndarray, count: int = 3) -> list[tuple[np.ndarray, float]]:
+    """The ``count`` most probable sets of referred objects, treating the objects' decisions as independent.
+
+    The best set takes every object with p > 0.5; the next ones flip the least certain decisions one at a time.
+    Each comes with its probability (the chance that exactly this set is meant, under independence).
+    """
+    p = np.clip(probabilities.astype(np.float64), 1e-6, 1 - 1e-6)
+    best = p > 0.5
+    certainty = np.where(best, p, 1 - p)
+    base = float(np.prod(certainty))
+    sets = [(best, base)]
+    for index in np.argsort(certainty)[:count - 1]:
+        flipped = best.copy()
+        flipped[index] = ~flipped[index]
+        sets.append((flipped, base * (1 - certainty[index]) / certainty[index]))
+    while len(sets) < count:  # fewer objects than candidates: repeat the best set
+        sets.append((best, base))
+    return sets
+
+
+def load_checkpoint(path) -> tuple[Segmenter, dict]:
     """A segmenter and its metadata from a weights file and the segmentation.json beside it."""
     meta_path = path.parent / CONFIG_NAME
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     model = Segmenter(SegmenterConfig.from_dict(meta.get("config", {})))
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return model, meta
 
 
-def save_weights(model: Segmenter, path: Path) -> None:
+def save_weights(model: Segmenter, path) -> None:
     """Save fp32 weights (written to a temporary file first so a crash never leaves half a file)."""
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, path)
+
+
+def set_map(features: ImageFeatures, chosen: np.ndarray) -> torch.Tensor:
+    """Probability map [S, S] of a set of objects: the foreground probability within two pixels of the chosen
+    objects' masks (zero elsewhere), so that a threshold still trims their outlines."""
+    if not chosen.any():
+        return torch.zeros_like(features.foreground)
+    union = features.masks[torch.from_numpy(chosen).to(features.masks.device)].any(0).float()
+    near = F.max_pool2d(union[None, None], 5, stride=1, padding=2)[0, 0]
+    return features.foreground * near
+
+
+def candidate_maps(features: ImageFeatures, logits: torch.Tensor, count: int = 3
+                   ) -> tuple[torch.Tensor, list[float], list[np.ndarray]]:
+    """``count`` candidate maps [count, S, S] of one query, their scores and chosen-object flags (see
+    :func:`candidate_sets`); ``logits`` are the query's per-object logits (padding excluded)."""
+    probabilities = torch.sigmoid(logits.detach().float()).cpu().numpy()
+    sets = candidate_sets(probabilities, count)
+    maps = torch.stack([set_map(features, chosen) for chosen, _ in sets])
+    return maps, [score for _, score in sets], [chosen for chosen, _ in sets]

@@ -3,7 +3,7 @@
 ``segment(image, expression, points, box, model)`` returns the mask and RemoteSAM's tasks derived from it
 (detection boxes, count, grounding box, presence); ``segment_view`` adds the overlay, the candidates, a chosen
 threshold/candidate and the COCO RLE for the panel; ``segment_attention`` draws where one word of the expression
-looks in one fusion head of the embedded model.
+looks (which objects) in one fusion head of the embedded model.
 """
 
 from __future__ import annotations
@@ -145,9 +145,10 @@ class SegmentationService(Service):
             "area": int(mask.sum()),
             "image_size": list(query.image.size),
             "scale": scale,
+            "objects": prediction.extras.get("objects"),
             "feature_cache_hit": answer_cached or bool(prediction.extras.get("feature_cache_hit", False)),
             "answer_cache_hit": answer_cached,
-            "notes": notes,
+            "notes": notes + prediction.extras.get("notes", []),
         }
         summary["seconds"] = round(time.perf_counter() - started, 4)
         return Result(query, prediction, chosen, mask, detections, summary)
@@ -173,15 +174,16 @@ class SegmentationService(Service):
 
     @endpoint("image", "json")
     def segment_attention(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
-                  layer: int = -1, head: int = -1, token: int = 1) -> tuple[Image.Image, dict]:
-        """Where text token ``token`` of the expression looks in the image, in fusion layer ``layer`` (-1 = last)
-        and head ``head`` (-1 = mean over heads) of the embedded model (tokens→image cross-attention)."""
+                          layer: int = -1, head: int = -1, token: int = 1) -> tuple[Image.Image, dict]:
+        """Where text token ``token`` of the expression looks, in fusion layer ``layer`` (-1 = last) and head
+        ``head`` (-1 = mean over heads) of the embedded model: its words→objects attention painted on the objects,
+        relative to the largest weight, which may go to "nothing" (reported as ``nothing``)."""
         query, _, _ = self._query(image, expression, points, box)
         if not query.expression:
             raise ServiceError("Type an expression to see where its words look.")
         segmenter = self.model(EMBEDDED_ID)
         prediction = segmenter.predict(query, return_attention=True)
-        maps = prediction.extras["attention"]["tokens_to_image"]  # per layer [1, heads, tokens, h·w]
+        maps = prediction.extras["attention"]["words_to_objects"]  # per layer [1, heads, tokens, 1 + objects]
         tokens = prediction.extras["tokens"]
         layers, heads = len(maps), maps[0].shape[1]
         if not -layers <= layer < layers:
@@ -191,19 +193,19 @@ class SegmentationService(Service):
         if not 0 <= token < len(tokens):
             raise ServiceError(f"token must be 0…{len(tokens) - 1} (the expression has {len(tokens)} tokens)")
         weights = maps[layer][0].float()
-        weights = weights.mean(0) if head == -1 else weights[head]
-        first_text = 1 + segmenter.model.config.num_masks + segmenter.model.config.max_prompts
-        side = int(round(weights.shape[-1] ** 0.5))
-        grid = weights[first_text + token].reshape(side, side).cpu().numpy()
+        weights = (weights.mean(0) if head == -1 else weights[head])[token]
+        masks = prediction.extras["object_masks"].float()
+        grid = ((weights[1:, None, None] * masks).sum(0) / weights.max()).cpu().numpy()
         picture = self._heatmap(query.image, grid, prediction.extras["frame"])
         return picture, {"tokens": tokens, "token": token, "layer": layer, "head": head, "layers": layers,
-                         "heads": heads, "peak": round(float(grid.max()), 4)}
+                         "heads": heads, "objects": [round(float(w), 4) for w in weights[1:]],
+                         "nothing": round(float(weights[0]), 4), "peak": round(float(weights.max()), 4)}
 
     @staticmethod
     def _heatmap(image: Image.Image, grid: np.ndarray, frame) -> Image.Image:
-        """``grid`` (model frame) stretched over the image's letterboxed area and blended onto it."""
+        """``grid`` (model frame, in [0, 1]) stretched over the image's letterboxed area and blended onto it."""
         side = frame.side
-        full = np.asarray(Image.fromarray((grid / max(grid.max(), 1e-8) * 255).astype(np.uint8)).resize(
+        full = np.asarray(Image.fromarray((grid.clip(0, 1) * 255).astype(np.uint8)).resize(
             (side, side), Image.BILINEAR), np.float32) / 255
         h, w = round(frame.height * frame.scale), round(frame.width * frame.scale)
         crop = full[frame.top:frame.top + max(1, h), frame.left:frame.left + max(1, w)]

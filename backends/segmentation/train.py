@@ -1,10 +1,20 @@
 """Train the referring segmenter on generated scenes within a time budget.
 
-    python -m backends.segmentation.train --device cuda --minutes 6.5 --out DIR --seed 0 [--resume CKPT]
+    python -m backends.segmentation.train --minutes 40 --out DIR --seed 0 [--resume DIR/segmenter.safetensors]
 
-Writes into DIR: segmenter.safetensors (weights, every ~60 s and at the end) and segmentation.json (config,
-steps, wall time, loss curve, held-out metrics). ``--resume`` loads weights from a segmenter.safetensors (and the
-segmentation.json beside it) and continues counting steps and drawing fresh scenes from where that run stopped.
+Every step draws fresh training scenes (seeds below HELDOUT_SEED_START, Fashion-MNIST's train split) with several
+queries each and optimises, all at once:
+
+* the foreground U-Net (BCE + Dice against the union of the items' masks);
+* the object encoder's auxiliary category and colour heads (cross-entropy per object);
+* the fusion's per-object "referred" logits (BCE against the query's referred items).
+
+A new model's frozen Fashion-MNIST prior is HeadLab's Guidance-panel classifier (``--fashion-prior``).
+
+Objects are the scenes' true item masks (randomly grown or shrunk by a pixel), and — once the U-Net has warmed up —
+for a share of the scenes the connected components of the U-Net's own foreground, matched to the items, so that
+the fusion also learns on the objects it will see at inference. Writes into DIR: segmenter.safetensors (every
+~60 s and at the end) and segmentation.json (config, steps, wall time, loss curve, held-out metrics).
 """
 
 from __future__ import annotations
@@ -20,78 +30,71 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from safetensors.torch import load_file
 
-from backends.core.text_encoder import MiniLMEncoder
-from backends.segmentation.data import HELDOUT_SEED_START, background_photos, fashion_items, make_samples
-from backends.segmentation.evaluate import evaluate_heldout, run_model
+from backends.core.text_encoder import MiniLMEncoder, TextCache
+from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, Sample, make_samples
+from backends.segmentation.evaluate import evaluate_heldout
 from backends.segmentation.model import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    ImageFeatures,
     Segmenter,
     SegmenterConfig,
-    SegmenterOutput,
+    find_objects,
     load_checkpoint,
     save_weights,
 )
 
 SAVE_EVERY_S = 60.0
 LOG_EVERY_S = 15.0
-WARMUP_STEPS = 200
-WARMUP_SHARE = 0.03  # a slow run (CPU) ends its warm-up after this share of its budget, even before WARMUP_STEPS
+WARMUP_STEPS = 100
+OWN_OBJECTS_AFTER = 300  # steps before the U-Net's own components are used as objects
+OWN_OBJECTS_SHARE = 0.4  # share of scenes whose objects are the U-Net's components after that
+AUX_WEIGHT = 0.5  # weight of the category and colour losses
+IGNORE = -100
+FASHION_CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "guidance" / "classifier.safetensors"
 
 
-class SceneStream(IterableDataset):
-    """Endless batches of generated samples; batch b always holds the same scenes (seeded by run seed and b)."""
-
-    def __init__(self, seed: int, batch_size: int, queries_per_scene: int, first_batch: int):
-        super().__init__()
-        self.seed, self.batch_size, self.queries = seed, batch_size, queries_per_scene
-        self.first_batch = first_batch
-
-    def batch(self, index: int) -> dict:
-        """The samples of batch ``index`` as arrays (images uint8, masks bool, prompts) and expressions."""
-        scenes = math.ceil(self.batch_size / self.queries)
-        base = (self.seed * 100_000_019 + index * scenes) % (HELDOUT_SEED_START - scenes)
-        samples = [s for i in range(scenes) for s in make_samples(base + i, self.queries)][:self.batch_size]
-        return {
-            "images": torch.from_numpy(np.stack([s.image for s in samples])),
-            "masks": torch.from_numpy(np.stack([s.mask for s in samples])),
-            "prompts": torch.from_numpy(np.stack([s.prompts for s in samples])),
-            "expressions": [s.expression for s in samples],
-        }
-
-    def __iter__(self):
-        worker = get_worker_info()
-        offset, stride = (worker.id, worker.num_workers) if worker else (0, 1)
-        if worker:
-            torch.set_num_threads(1)
-        index = self.first_batch + offset
-        while True:
-            yield self.batch(index)
-            index += stride
-
-
-def segmentation_loss(out: SegmenterOutput, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """SAM-style loss: BCE + Dice of the best of the candidate masks, plus MSE of the predicted IoU scores.
-
-    An empty target (absent object) is matched by an empty prediction; its IoU counts as 1.
-    """
-    logits = out.masks.float()
-    target = target[:, None].float().expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3))
+def foreground_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice of the item-pixel logits [B, S, S] against the union of item masks."""
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
     probs = torch.sigmoid(logits)
-    dice = 1 - (2 * (probs * target).sum((2, 3)) + 1) / (probs.sum((2, 3)) + target.sum((2, 3)) + 1)
-    per_candidate = 4 * bce + dice
-    best = per_candidate.min(dim=1).values
-    with torch.no_grad():
-        hard = logits > 0
-        inter = (hard & (target > 0.5)).sum((2, 3)).float()
-        union = (hard | (target > 0.5)).sum((2, 3)).float()
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    score_loss = F.mse_loss(out.scores.float(), iou)
-    loss = best.mean() + score_loss
-    return loss, {"mask": best.mean().item(), "score": score_loss.item(), "iou": iou.max(1).values.mean().item()}
+    dice = 1 - (2 * (probs * target).sum((1, 2)) + 1) / (probs.sum((1, 2)) + target.sum((1, 2)) + 1)
+    return bce + dice.mean()
+
+
+def jitter_masks(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each mask [N, S, S] grown (30 %) or shrunk (20 %) by one pixel, so the encoder tolerates imperfect outlines."""
+    if masks.shape[0] == 0:
+        return masks
+    x = masks[:, None].float()
+    grown = F.max_pool2d(x, 3, stride=1, padding=1)[:, 0] > 0.5
+    shrunk = -F.max_pool2d(-x, 3, stride=1, padding=1)[:, 0] > 0.5
+    roll = torch.rand(masks.shape[0], generator=generator)[:, None, None].to(masks.device)
+    jittered = torch.where(roll < 0.3, grown, torch.where(roll < 0.5, shrunk, masks))
+    keep_original = jittered.flatten(1).sum(1) < 4  # never shrink an object away
+    jittered[keep_original] = masks[keep_original]
+    return jittered
+
+
+def scene_objects(scene: list[Sample], predicted: np.ndarray | None, max_objects: int
+                  ) -> tuple[torch.Tensor, list[int]]:
+    """Object masks [N, S, S] of a scene and the index of the item each one belongs to (-1: none).
+
+    ``predicted`` (the U-Net's foreground) replaces the true item masks by its components, each matched to the
+    item that covers most of it."""
+    items = scene[0].items
+    if predicted is None:
+        return torch.from_numpy(np.stack([item.mask for item in items])), list(range(len(items)))
+    masks = find_objects(predicted, max_objects)
+    owners = []
+    for mask in masks:
+        overlaps = [int((mask & item.mask).sum()) for item in items]
+        best = int(np.argmax(overlaps))
+        owners.append(best if overlaps[best] * 2 > mask.sum() else -1)
+    return torch.from_numpy(masks), owners
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -102,124 +105,162 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def learning_rate(base: float, step: int, first_step: int, progress: float) -> float:
-    """Linear warm-up over WARMUP_STEPS from the run's first step (or WARMUP_SHARE of the progress, whichever is
-    reached first), then cosine decay to 5 % by progress 1."""
-    warm = min(1.0, max((step - first_step + 1) / WARMUP_STEPS, progress / WARMUP_SHARE))
+    """Linear warm-up over WARMUP_STEPS from the run's first step, then cosine decay to 5 % by progress 1."""
+    warm = min(1.0, (step - first_step + 1) / WARMUP_STEPS)
     return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def training_step(model: Segmenter, texts: TextCache, scenes: list[list[Sample]], step: int,
+                  generator: torch.Generator, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+    """The loss of one batch of scenes (each a list of queries on one scene) and its parts."""
+    device = model.pixel_mean.device
+    images = torch.from_numpy(np.stack([scene[0].image for scene in scenes])).to(device).permute(0, 3, 1, 2)
+    images = images.float() / 255
+    union = torch.from_numpy(np.stack([np.logical_or.reduce([it.mask for it in scene[0].items]) for scene in scenes]))
+    fg_logits = model.foreground(model.normalise(images))
+    fg_loss = foreground_loss(fg_logits, union.to(device))
+    predicted = (fg_logits.detach() > 0).cpu().numpy()
+
+    features: list[ImageFeatures] = []
+    categories, colours, query_features, targets, queries = [], [], [], [], []
+    for index, scene in enumerate(scenes):
+        use_own = step >= OWN_OBJECTS_AFTER and rng.random() < OWN_OBJECTS_SHARE
+        masks, owners = scene_objects(scene, predicted[index] if use_own else None, model.config.max_objects)
+        masks = masks.to(device)
+        if not use_own:
+            masks = jitter_masks(masks, generator)
+        items = scene[0].items
+        encoded = model.embed_objects(images[index], masks)
+        features.append(encoded)
+        categories += [items[o].category if o >= 0 else IGNORE for o in owners]
+        colours += [COLOUR_KEYS.index(items[o].colour) if o >= 0 else IGNORE for o in owners]
+        for sample in scene:
+            referred = {i for i, item in enumerate(items) if (item.mask & sample.mask).any()}
+            targets.append([float(o in referred) for o in owners])
+            query_features.append(encoded)
+            queries.append(sample)
+    text = texts([q.expression for q in queries])
+    prompts = torch.from_numpy(np.stack([q.prompts for q in queries])).to(device)
+    out = model.decode(query_features, text.tokens, text.mask, prompts)
+    target = torch.zeros_like(out.logits)
+    for row, values in enumerate(targets):
+        target[row, :len(values)] = torch.tensor(values)
+    per_object = F.binary_cross_entropy_with_logits(out.logits, target, reduction="none")
+    referred_loss = (per_object * out.object_mask).sum() / out.object_mask.sum().clamp(min=1)
+    category_logits = torch.cat([f.category_logits for f in features])
+    colour_logits = torch.cat([f.colour_logits for f in features])
+    aux = F.cross_entropy(category_logits, torch.tensor(categories, device=device), ignore_index=IGNORE) + \
+        F.cross_entropy(colour_logits, torch.tensor(colours, device=device), ignore_index=IGNORE)
+    loss = referred_loss + fg_loss + AUX_WEIGHT * aux
+    with torch.no_grad():
+        decided = ((out.logits > 0).float() == target) | ~out.object_mask
+        exact = decided.all(1).float().mean()
+        labelled = torch.tensor(categories, device=device) != IGNORE
+        category_accuracy = (category_logits.argmax(1) == torch.tensor(categories, device=device))[labelled]
+    return loss, {"referred": referred_loss.item(), "foreground": fg_loss.item(), "aux": aux.item(),
+                  "exact": exact.item(), "category_acc": category_accuracy.float().mean().item()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--minutes", type=float, default=6.5, help="training time budget (evaluation excluded)")
+    parser.add_argument("--minutes", type=float, default=40.0, help="training time budget (evaluation excluded)")
     parser.add_argument("--steps", type=int, default=0, help="stop after this many steps instead (0: time only)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", type=Path, default=None, help="segmenter.safetensors to continue from")
-    parser.add_argument("--batch-size", type=int, default=0, help="0: 64 on CUDA, 16 on CPU")
-    parser.add_argument("--queries-per-scene", type=int, default=2)
+    parser.add_argument("--scenes", type=int, default=8, help="scenes per step")
+    parser.add_argument("--queries-per-scene", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: 4 on CUDA, 0 on CPU)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of the main process")
-    parser.add_argument("--eval-samples", type=int, default=-1, help="-1: 2000 on CUDA, 200 on CPU")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--fashion-prior", type=Path, default=FASHION_CLASSIFIER,
+                        help="frozen Fashion-MNIST classifier weights for a new model (trained by the Guidance panel)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, save, evaluate; returns the metadata written to segmentation.json."""
     args = parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    batch_size = args.batch_size or (64 if cuda else 16)
-    workers = args.workers if args.workers >= 0 else (4 if cuda else 0)
-    eval_samples = args.eval_samples if args.eval_samples >= 0 else (2000 if cuda else 200)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.out.mkdir(parents=True, exist_ok=True)
     weights_path, json_path = args.out / WEIGHTS_NAME, args.out / CONFIG_NAME
-
     if args.resume:
         model, previous = load_checkpoint(args.resume)
-        first_step = int(previous.get("steps", 0))
-        history = previous.get("runs", [])
+        first_step, history = int(previous.get("steps", 0)), previous.get("runs", [])
+        earlier_queries = int(previous.get("queries_seen", 0))
     else:
-        model, first_step, history = Segmenter(SegmenterConfig()), 0, []
+        model, first_step, history, earlier_queries = Segmenter(SegmenterConfig()), 0, [], 0
+        model.fashion.load_state_dict({k: v.float() for k, v in load_file(str(args.fashion_prior)).items()})
     model.to(args.device).train()
-    text_encoder = MiniLMEncoder().to(args.device)
+    texts = TextCache(MiniLMEncoder().to(args.device))
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.02)
-    fashion_items("train"), background_photos()  # loaded once here, shared by the forked workers
-    stream = SceneStream(args.seed, batch_size, args.queries_per_scene, first_batch=first_step)
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=cuda,
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    generator = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng([args.seed, first_step])
     budget = args.minutes * 60
-    print(f"segmenter: {params / 1e6:.2f} M parameters, batch {batch_size}, {workers} workers, device {args.device}, "
-          f"budget {budget:.0f} s, starting at step {first_step}", flush=True)
+    print(f"segmenter: {params / 1e6:.2f} M parameters, {args.scenes} scenes × {args.queries_per_scene} queries per "
+          f"step, device {args.device}, budget {budget:.0f} s, starting at step {first_step}", flush=True)
+
+    curve: list[dict] = []
 
     def metadata(step: int, elapsed: float) -> dict:
         run = {"seed": args.seed, "device": args.device, "first_step": first_step, "last_step": step,
-               "wall_seconds": round(elapsed, 1), "batch_size": batch_size, "lr": args.lr,
+               "wall_seconds": round(elapsed, 1), "scenes_per_step": args.scenes,
+               "queries_per_scene": args.queries_per_scene, "lr": args.lr, "threads": args.threads,
                "resumed_from": str(args.resume) if args.resume else None, "loss_curve": curve}
-        return {"config": model.config.to_dict(), "steps": step, "samples_seen": step * batch_size,
+        return {"config": model.config.to_dict(), "steps": step,
+                "queries_seen": earlier_queries + (step - first_step) * args.scenes * args.queries_per_scene,
                 "parameters": params, "weights": WEIGHTS_NAME, "text_encoder": "all-MiniLM-L6-v2 (frozen)",
+                "fashion_prior": "assets/guidance/classifier.safetensors (frozen)",
                 "torch": torch.__version__, "python": platform.python_version(), "runs": [*history, run]}
 
-    curve: list[dict] = []
     step, started = first_step, time.time()
     last_log = last_save = started
-    window_loss, window_steps, window_iou, data_wait = 0.0, 0, 0.0, 0.0
-    batches = iter(loader)
+    window: dict[str, float] = {}
+    window_steps = 0
     while True:
         elapsed = time.time() - started
-        progress = step - first_step >= args.steps if args.steps else elapsed >= budget
-        if progress:
+        if (step - first_step >= args.steps) if args.steps else elapsed >= budget:
             break
-        fetch = time.time()
-        batch = next(batches)
-        data_wait += time.time() - fetch
-        images = batch["images"].to(args.device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
-        masks = batch["masks"].to(args.device, non_blocking=True)
-        prompts = batch["prompts"].to(args.device, non_blocking=True)
-        fraction = (step - first_step) / args.steps if args.steps else elapsed / budget
+        scene_seed = (args.seed * 100_000_019 + step * args.scenes) % (HELDOUT_SEED_START - args.scenes)
+        scenes = [make_samples(scene_seed + i, args.queries_per_scene) for i in range(args.scenes)]
+        progress = (step - first_step) / args.steps if args.steps else elapsed / budget
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args.lr, step, first_step, fraction)
-        out = run_model(model, text_encoder, images, batch["expressions"], prompts, autocast=cuda)
-        loss, parts = segmentation_loss(out, masks)
+            group["lr"] = learning_rate(args.lr, step, first_step, progress)
+        loss, parts = training_step(model, texts, scenes, step, generator, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        window_loss += parts["mask"] + parts["score"]
-        window_iou += parts["iou"]
         window_steps += 1
+        for key, value in parts.items():
+            window[key] = window.get(key, 0.0) + value
         now = time.time()
         if now - last_log >= LOG_EVERY_S:
-            rate = window_steps / (now - last_log)
-            point = {"step": step, "seconds": round(now - started, 1), "loss": round(window_loss / window_steps, 4),
-                     "train_iou": round(window_iou / window_steps, 4)}
+            point = {"step": step, "seconds": round(now - started, 1),
+                     **{k: round(v / window_steps, 4) for k, v in window.items()}}
             curve.append(point)
-            print(f"step {step}  loss {point['loss']:.4f}  train IoU {point['train_iou']:.3f}  {rate:.1f} steps/s  "
-                  f"{rate * batch_size:.0f} samples/s  data wait {100 * data_wait / (now - last_log):.0f}%  "
-                  f"lr {optimizer.param_groups[0]['lr']:.2e}", flush=True)
-            last_log, window_loss, window_steps, window_iou, data_wait = now, 0.0, 0, 0.0, 0.0
+            print(f"step {step}  {window_steps / (now - last_log):.2f} steps/s  "
+                  + "  ".join(f"{k} {v:.3f}" for k, v in point.items() if k not in ("step", "seconds"))
+                  + f"  lr {optimizer.param_groups[0]['lr']:.2e}", flush=True)
+            last_log, window, window_steps = now, {}, 0
         if now - last_save >= SAVE_EVERY_S:
             save_weights(model, weights_path)
             write_json(json_path, metadata(step, now - started))
             last_save = now
     train_seconds = time.time() - started
-    if window_steps:
-        curve.append({"step": step, "seconds": round(train_seconds, 1), "loss": round(window_loss / window_steps, 4),
-                      "train_iou": round(window_iou / window_steps, 4)})
     save_weights(model, weights_path)
     meta = metadata(step, train_seconds)
     write_json(json_path, meta)
-    print(f"trained {step - first_step} steps in {train_seconds:.0f} s; evaluating on {eval_samples} held-out queries",
-          flush=True)
-    del batches, loader
-    meta["heldout"] = evaluate_heldout(model, text_encoder, args.device, eval_samples, autocast=cuda)
+    print(f"trained {step - first_step} steps in {train_seconds:.0f} s; evaluating on {args.eval_samples} held-out "
+          f"queries", flush=True)
+    model.eval()
+    meta["heldout"] = evaluate_heldout(model, texts, args.eval_samples)
     write_json(json_path, meta)
     print(json.dumps(meta["heldout"], indent=1), flush=True)
     return meta
