@@ -62,7 +62,7 @@ def speed(service: SegmentationService, rounds: int) -> dict:
             "ratio_new_threshold": round(med["repeat_new_threshold"] / med["first"], 3), "rounds": rounds}
 
 
-def markdown(timings: dict, quality: dict, meta: dict, threads: int) -> str:
+def markdown(timings: dict, quality: dict, meta: dict, threads: int, frozen: int) -> str:
     """The results section for BENCHMARKS.md."""
     runs = meta.get("runs", [])
     trained = " + ".join(f"{r['device']} {r['wall_seconds']:.0f} s" for r in runs)
@@ -70,7 +70,8 @@ def markdown(timings: dict, quality: dict, meta: dict, threads: int) -> str:
     lines = [
         "## Referring segmentation",
         "",
-        f"Embedded segmenter ({meta.get('parameters', 0) / 1e6:.2f} M trained parameters + frozen MiniLM), "
+        f"Embedded segmenter ({(meta.get('parameters', 0) - frozen) / 1e6:.2f} M trained parameters, a frozen "
+        f"{frozen / 1e6:.2f} M Fashion-MNIST classifier and frozen MiniLM), "
         f"{meta.get('steps', '?')} steps of {last.get('scenes_per_step', '?')} scenes × "
         f"{last.get('queries_per_scene', '?')} queries, {meta.get('queries_seen', 0):,} training queries ({trained}).",
         "",
@@ -121,7 +122,8 @@ def main() -> None:
     embedded = service.model("")
     quality = evaluate_heldout(embedded.model, embedded.texts, args.eval_samples)
     print(json.dumps(quality, indent=1))
-    section = markdown(timings, quality, embedded.meta, args.threads)
+    frozen = sum(p.numel() for p in embedded.model.parameters() if not p.requires_grad)
+    section = markdown(timings, quality, embedded.meta, args.threads, frozen)
     print(section)
     if args.write:
         (ROOT / "bench" / "RESULTS_segmentation.md").write_text(section)
