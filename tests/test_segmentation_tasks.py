@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backends.core.cache import LRUCache
 from backends.core.service import ServiceError
 from backends.segmentation.export import decode_rle, encode_rle, mask_image, overlay
-from backends.segmentation.query import MAX_CLICKS, LRUCache, parse_box, parse_points
+from backends.segmentation.query import MAX_CLICKS, parse_box, parse_points
 from backends.segmentation.tasks import Detection, detect, grounding_box, nms, presence_score
 
 

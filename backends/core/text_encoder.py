@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer
+
+from backends.core.cache import LRUCache
 
 EMBED_DIM = 384
 
@@ -67,23 +68,19 @@ class TextCache:
 
     def __init__(self, encoder: MiniLMEncoder, capacity: int = 50_000):
         self.encoder = encoder
-        self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._entries: LRUCache[str, tuple[torch.Tensor, torch.Tensor]] = LRUCache(capacity)
 
     def __call__(self, sentences: list[str]) -> TextEncoding:
         """The encodings of ``sentences`` (token states padded to the longest)."""
-        missing = list(dict.fromkeys(s for s in sentences if s not in self._entries))
+        found = {sentence: self._entries.get(sentence) for sentence in dict.fromkeys(sentences)}
+        missing = [sentence for sentence, entry in found.items() if entry is None]
         if missing:
             encoded = self.encoder(missing)
             for row, sentence in enumerate(missing):
                 length = int(encoded.mask[row].sum())
-                self._entries[sentence] = (encoded.tokens[row, :length].clone(), encoded.pooled[row].clone())
-        entries = []
-        for sentence in sentences:
-            self._entries.move_to_end(sentence)
-            entries.append(self._entries[sentence])
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+                found[sentence] = (encoded.tokens[row, :length].clone(), encoded.pooled[row].clone())
+                self._entries.put(sentence, found[sentence])
+        entries = [found[sentence] for sentence in sentences]
         longest = max(tokens.shape[0] for tokens, _ in entries)
         tokens = entries[0][0].new_zeros((len(entries), longest, entries[0][0].shape[1]))
         mask = torch.zeros(len(entries), longest, dtype=torch.bool, device=tokens.device)

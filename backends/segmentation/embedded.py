@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from PIL import Image
 
+from backends.core.cache import LRUCache
 from backends.core.text_encoder import MiniLMEncoder, TextCache
 from backends.segmentation.data import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, CATEGORIES, COLOUR_KEYS, MAX_PROMPTS, PAD
 from backends.segmentation.model import WEIGHTS_NAME, ImageFeatures, Segmenter, candidate_maps, load_checkpoint
-from backends.segmentation.query import LRUCache, Prediction, Query
+from backends.segmentation.query import Prediction, Query
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "segmentation"
 EMBEDDED_ID = "fashion-refseg"

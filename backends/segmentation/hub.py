@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from backends.core.cache import LRUCache
 from backends.core.service import ServiceError, hub_load_error
-from backends.segmentation.query import LRUCache, Prediction, Query
+from backends.segmentation.query import Prediction, Query
 
 HUB_ID = "clipseg+sam"  # short name of the default pair below
 HUB_DEFAULT = "CIDAS/clipseg-rd64-refined+facebook/sam-vit-base"

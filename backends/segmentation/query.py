@@ -1,12 +1,11 @@
-"""What every segmentation adapter takes and returns, parsing of the API's point/box strings, and an LRU cache."""
+"""What every segmentation adapter takes and returns, and parsing of the API's point/box strings."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -14,10 +13,6 @@ from PIL import Image
 from backends.core.service import ServiceError
 
 MAX_CLICKS = 4
-
-K = TypeVar("K")
-V = TypeVar("V")
-
 
 @dataclass
 class Query:
@@ -45,34 +40,6 @@ class SegmentationModel(Protocol):
 
     def predict(self, query: Query) -> Prediction:
         """Candidate masks for ``query``."""
-
-
-class LRUCache(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used entry first."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def get(self, key: K) -> V | None:
-        """The cached value (marked as recently used) or None."""
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        return None
-
-    def put(self, key: K, value: V) -> None:
-        """Store ``value``; evicts the oldest entries beyond capacity."""
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _number(value: Any, what: str) -> float:

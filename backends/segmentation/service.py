@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from backends.core.cache import LRUCache
 from backends.core.service import Service, ServiceError, endpoint
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
 from backends.segmentation.export import encode_rle, mask_image, overlay
 from backends.segmentation.hub import HUB_ID, HubSegmenter
-from backends.segmentation.query import LRUCache, Prediction, Query, SegmentationModel, parse_box, parse_points
+from backends.segmentation.query import Prediction, Query, SegmentationModel, parse_box, parse_points
 from backends.segmentation.tasks import PRESENCE_THRESHOLD, Detection, detect, grounding_box, presence_score
 
 MAX_SIDE = 2048

@@ -149,14 +149,14 @@ def training_step(model: Segmenter, texts: TextCache, scenes: list[list[Sample]]
     referred_loss = (per_object * out.object_mask).sum() / out.object_mask.sum().clamp(min=1)
     category_logits = torch.cat([f.category_logits for f in features])
     colour_logits = torch.cat([f.colour_logits for f in features])
-    aux = F.cross_entropy(category_logits, torch.tensor(categories, device=device), ignore_index=IGNORE) + \
+    category_labels = torch.tensor(categories, device=device)
+    aux = F.cross_entropy(category_logits, category_labels, ignore_index=IGNORE) + \
         F.cross_entropy(colour_logits, torch.tensor(colours, device=device), ignore_index=IGNORE)
     loss = referred_loss + fg_loss + AUX_WEIGHT * aux
     with torch.no_grad():
         decided = ((out.logits > 0).float() == target) | ~out.object_mask
         exact = decided.all(1).float().mean()
-        labelled = torch.tensor(categories, device=device) != IGNORE
-        category_accuracy = (category_logits.argmax(1) == torch.tensor(categories, device=device))[labelled]
+        category_accuracy = (category_logits.argmax(1) == category_labels)[category_labels != IGNORE]
     return loss, {"referred": referred_loss.item(), "foreground": fg_loss.item(), "aux": aux.item(),
                   "exact": exact.item(), "category_acc": category_accuracy.float().mean().item()}
 
