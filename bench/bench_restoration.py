@@ -130,8 +130,11 @@ def markdown(speed: dict, quality: dict, weights: Path, threads: int) -> str:
     trained = ""
     if report.exists():
         train = json.loads(report.read_text())["train"]
-        trained = (f", trained on {train['device']} for {train['train_seconds'] / 60:.1f} min (batch "
-                   f"{train['batch']}×{train['crop']}², seed {train['seed']})")
+        runs = [*train.get("previous_runs", []), train]
+        trained = "; ".join(f"{run['steps'] - run['first_step']:,} steps on {run['device']} in "
+                            f"{run['train_seconds'] / 60:.1f} min, batch {run['batch']}×{run['crop']}², seed "
+                            f"{run['seed']}" for run in runs)
+        trained = f", {len(runs)} training run(s), each resuming the last: {trained}"
     lines = ["## Restoration", "",
              f"Weights: `{weights.relative_to(ROOT) if weights.is_relative_to(ROOT) else weights}` (step "
              f"{metadata.get('step', '?')}{trained}). Timed on this CPU, {threads} torch thread(s), machine shared "

@@ -39,3 +39,4 @@ def _train_and_resume(tmp_path: Path) -> None:
     resumed = json.loads((second / REPORT_FILE).read_text())["train"]
     assert resumed["first_step"] == steps and resumed["steps"] > steps
     assert resumed["resumed_from"].endswith(WEIGHTS_FILE)
+    assert [run["steps"] for run in resumed["previous_runs"]] == [steps]

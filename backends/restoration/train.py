@@ -94,6 +94,11 @@ def learning_rate(peak: float, step: int, elapsed: float, budget: float) -> floa
     return peak * warmup * max(0.01, 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def run_summary(train_report: dict) -> dict:
+    """One training run's settings and step range from a report's ``train`` section (no loss curve, no chain)."""
+    return {key: value for key, value in train_report.items() if key not in ("loss_curve", "previous_runs")}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``argv`` defaults to sys.argv)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,13 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     table = SentenceTable(device)
     classifier, classifier_train_accuracy = train_classifier(table, device, args.seed)
 
-    step, history, resumed_from = 0, [], None
+    step, history, resumed_from, previous_runs = 0, [], None, []
     if args.resume:
         restorer = load_models(args.resume, device).restorer
         resumed_from = str(args.resume)
         previous_report = args.resume.parent / REPORT_FILE
         if previous_report.exists():
-            history = json.loads(previous_report.read_text())["train"]["loss_curve"]
+            previous = json.loads(previous_report.read_text())["train"]
+            history = previous["loss_curve"]
+            previous_runs = [*previous.get("previous_runs", []), run_summary(previous)]
     else:
         blocks = tuple(int(count) for count in args.blocks.split(","))
         restorer = TextPromptIR(RestorerConfig(width=args.width, blocks=blocks)).to(device)
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 "task_weights": dict(zip(TASKS, task_weights, strict=True)), "training_images": list(images),
                 "resumed_from": resumed_from, "first_step": first_step, "steps": step,
                 "train_seconds": train_seconds, "wall_seconds": time.time() - started, "loss_curve": history,
+                "previous_runs": previous_runs,
             },
         }
         report.update(extra)
