@@ -35,7 +35,7 @@ def _train_and_resume(tmp_path: Path) -> None:
     assert heldout["prompt_understanding"]["count"] == 32
     assert load_models(first / WEIGHTS_FILE).metadata["step"] == str(steps)
 
-    train.main([*TINY_ARGS, "--out", str(second), "--resume", str(first / WEIGHTS_FILE)])
+    train.main([*TINY_ARGS, "--out", str(second), "--resume", str(first / WEIGHTS_FILE), "--compile"])
     resumed = json.loads((second / REPORT_FILE).read_text())["train"]
     assert resumed["first_step"] == steps and resumed["steps"] > steps
     assert resumed["resumed_from"].endswith(WEIGHTS_FILE)

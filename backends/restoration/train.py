@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task-weights", default=",".join(map(str, TASK_WEIGHTS)),
                         help="sampling weights of noise,haze,rain,none in a batch")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training forward pass (CPU: 1.5× faster steps after ~2 min compiling)")
     parser.add_argument("--eval-side", type=int, help="held-out evaluation crop side; default 512 cuda, 192 cpu")
     parser.add_argument("--no-baselines", action="store_true", help="skip classical baselines in the evaluation")
     return parser.parse_args(argv)
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         blocks = tuple(int(count) for count in args.blocks.split(","))
         restorer = TextPromptIR(RestorerConfig(width=args.width, blocks=blocks)).to(device)
     restorer.train()
+    training_forward = torch.compile(restorer) if args.compile else restorer
     models = RestorationModels(restorer, classifier)
     parameters = dict(restorer.named_parameters())
     names = {parameter: name for name, parameter in parameters.items()}
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         embeddings = table.embeddings[batch.prompt]
         embeddings = embeddings + EMBEDDING_JITTER * torch.randn(embeddings.shape, generator=jitter, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
-            restored = restorer(batch.degraded, embeddings)
+            restored = training_forward(batch.degraded, embeddings)
         loss = F.l1_loss(restored.float(), batch.clean)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
