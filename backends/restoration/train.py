@@ -5,6 +5,13 @@
 
 Writes flat into DIR: restorer.safetensors (weights + config), restorer_optim.safetensors (AdamW moments for
 --resume) and restoration.json (config, steps, wall time, loss curve, held-out metrics). Saves every ~60 s.
+
+On a machine that has torch but neither MiniLM nor the sample images (a lent GPU), prepare both here first:
+
+    python -m backends.restoration.images artifacts/gpu/images.npz
+    python -m backends.restoration.sentences artifacts/gpu/sentences.safetensors
+    HEADLAB_RESTORATION_IMAGES=artifacts/gpu/images.npz python -m backends.restoration.train --device cuda \
+        --sentences artifacts/gpu/sentences.safetensors --batch 64 --crop 128 --lr 2e-4 --out DIR --resume ...
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from backends.core.text_encoder import MiniLMEncoder
 from backends.restoration.checkpoint import (
     OPTIMIZER_FILE,
     REPORT_FILE,
@@ -33,34 +39,13 @@ from backends.restoration.data import TASK_WEIGHTS, BatchSampler
 from backends.restoration.evaluate import evaluate_heldout
 from backends.restoration.images import load_images, training_names
 from backends.restoration.model import PromptClassifier, RestorationModels, RestorerConfig, TextPromptIR
-from backends.restoration.prompts import TASKS, heldout_paraphrases, training_templates
+from backends.restoration.prompts import TASKS
+from backends.restoration.sentences import SentenceTable
 
 SAVE_EVERY_S = 60.0
 PRINT_EVERY_S = 15.0
 WARMUP_STEPS = 200
 EMBEDDING_JITTER = 0.02  # std of Gaussian noise added to sentence embeddings in training (paraphrase robustness)
-
-
-class SentenceTable:
-    """All training and held-out sentences embedded once with MiniLM; lookups by sentence or by row index."""
-
-    def __init__(self, device: torch.device):
-        templates = training_templates()
-        heldout = heldout_paraphrases()
-        self.sentences = [s for task in TASKS for s in templates[task]] + [s for t in TASKS for s in heldout[t]]
-        self.train_ids = {}
-        offset = 0
-        for task in TASKS:
-            self.train_ids[task] = list(range(offset, offset + len(templates[task])))
-            offset += len(templates[task])
-        encoder = MiniLMEncoder()
-        chunks = [encoder(self.sentences[i:i + 256]).pooled for i in range(0, len(self.sentences), 256)]
-        self.embeddings = torch.cat(chunks).to(device)
-        self.row = {sentence: index for index, sentence in enumerate(self.sentences)}
-
-    def embed(self, sentences: list[str]) -> torch.Tensor:
-        """Embeddings of known sentences (N×384)."""
-        return self.embeddings[[self.row[s] for s in sentences]]
 
 
 def train_classifier(table: SentenceTable, device: torch.device, seed: int, steps: int = 200) -> tuple[
@@ -119,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the training forward pass (CPU: 1.5× faster steps after ~2 min compiling)")
     parser.add_argument("--eval-side", type=int, help="held-out evaluation crop side; default 512 cuda, 192 cpu")
+    parser.add_argument("--sentences", type=Path,
+                        help="sentence-embedding cache (safetensors): read when it matches, else written; lets "
+                             "machines without MiniLM train (see backends.restoration.sentences)")
     parser.add_argument("--no-baselines", action="store_true", help="skip classical baselines in the evaluation")
     return parser.parse_args(argv)
 
@@ -141,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True
     args.out.mkdir(parents=True, exist_ok=True)
 
-    table = SentenceTable(device)
+    table = SentenceTable(device, args.sentences)
     classifier, classifier_train_accuracy = train_classifier(table, device, args.seed)
 
     step, history, resumed_from, previous_runs = 0, [], None, []
