@@ -43,23 +43,21 @@ class SentenceTable:
 
     def __init__(self, device: torch.device | str = "cpu", cache: Path | None = None):
         self.sentences, self.train_ids = _sentences()
-        embeddings = None
-        if cache is not None and cache.exists():
-            stored_sentences, stored = _read(cache)
-            embeddings = stored if stored_sentences == self.sentences else None
-        if embeddings is None:
-            encoder = MiniLMEncoder()
-            chunks = [encoder(self.sentences[i:i + 256]).pooled for i in range(0, len(self.sentences), 256)]
-            embeddings = torch.cat(chunks)
-            if cache is not None:
-                self.save(cache, embeddings)
-        self.embeddings = embeddings.to(device)
         self.row = {sentence: index for index, sentence in enumerate(self.sentences)}
+        stored_sentences, stored = _read(cache) if cache is not None and cache.exists() else (None, None)
+        if stored_sentences == self.sentences:
+            self.embeddings = stored.to(device)
+            return
+        encoder = MiniLMEncoder()
+        chunks = [encoder(self.sentences[i:i + 256]).pooled for i in range(0, len(self.sentences), 256)]
+        self.embeddings = torch.cat(chunks).to(device)
+        if cache is not None:
+            self.save(cache)
 
-    def save(self, path: Path, embeddings: torch.Tensor | None = None) -> Path:
+    def save(self, path: Path) -> Path:
         """Write the table (embeddings and their sentences) to a safetensors file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensor = (self.embeddings if embeddings is None else embeddings).detach().cpu().contiguous()
+        tensor = self.embeddings.detach().cpu().contiguous()
         save_file({"embeddings": tensor}, str(path), metadata={"sentences": json.dumps(self.sentences)})
         return path
 
