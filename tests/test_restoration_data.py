@@ -8,7 +8,7 @@ import torch
 
 from backends.restoration.data import BatchSampler
 from backends.restoration.degrade import add_haze, add_noise, add_rain, degrade, depth_proxy
-from backends.restoration.images import HELDOUT_NAMES, load_images, training_names
+from backends.restoration.images import HELDOUT_NAMES, NEW_PHOTO_NAMES, load_images, training_names
 from backends.restoration.prompts import TASKS, heldout_paraphrases, training_templates
 
 
@@ -68,7 +68,8 @@ def test_templates_are_many_and_the_heldout_paraphrases_are_unseen():
 
 def test_whole_images_are_held_out():
     assert not set(HELDOUT_NAMES) & set(training_names())
-    assert len(training_names()) >= 15
+    assert not set(NEW_PHOTO_NAMES) & set(training_names())
+    assert len(training_names()) >= 30 and len(NEW_PHOTO_NAMES) >= 15
 
 
 def test_batches_pair_each_sample_with_an_instruction_of_its_task():

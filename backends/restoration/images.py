@@ -1,8 +1,10 @@
-"""Natural training and held-out images that ship inside PyPI packages (scikit-image, scikit-learn, matplotlib).
+"""Natural training and held-out images that ship inside packages: PyPI (scikit-image, scikit-learn, matplotlib) and
+Debian (``opencv-doc`` sample photos, ``mate-backgrounds`` nature photos; ``make restoration-data`` installs them).
 
-Whole images are held out for evaluation. Everything loads offline. ``export_npz`` writes all images into one
-compressed archive (PNG bytes) that ``load_images`` reads instead when ``HEADLAB_RESTORATION_IMAGES`` names it, for
-machines whose packages lack a sample file.
+Whole images are held out for evaluation: ``HELDOUT_NAMES`` (the benchmark set) and ``NEW_PHOTO_NAMES`` (every
+other Debian photo in name order: a second, larger set of scenes unlike the PyPI samples). Everything loads offline.
+``export_npz`` writes the trainer's images into one archive (PNG bytes) that ``load_images`` reads instead when
+``HEADLAB_RESTORATION_IMAGES`` names it, for machines whose packages lack a sample file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import numpy as np
 from PIL import Image
 
 HELDOUT_NAMES = ("astronaut", "coffee", "grace_hopper", "flower")
+OPENCV_SAMPLES = Path("/usr/share/doc/opencv-doc/examples")
+MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")
+DEBIAN_MAX_SIDE = 1024  # Debian photos (wallpapers up to 2560 px) are reduced by an integer factor to at most this
 IMAGES_ENV = "HEADLAB_RESTORATION_IMAGES"
 
 
@@ -47,6 +52,14 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
         import sklearn.datasets
 
         return np.asarray(Image.open(Path(sklearn.datasets.__file__).parent / "images" / filename).convert("RGB"))
+
+    return load
+
+
+def _debian(path: Path) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        image = Image.open(path).convert("RGB")
+        return np.asarray(image.reduce(max(1, -(-max(image.size) // DEBIAN_MAX_SIDE))))
 
     return load
 
@@ -86,7 +99,18 @@ _SOURCES: dict[str, Callable[[], np.ndarray]] = {
     "page": _skimage("page"),
     "text": _skimage("text"),
     "cell": _skimage("cell"),
+    # Debian photos: every other one in name order is held out (NEW_PHOTO_NAMES), the rest train
+    **{f"opencv_{path.stem.lower()}": _debian(OPENCV_SAMPLES / path) for path in map(Path, (
+        "data/aero1.jpg", "data/aloeL.jpg", "data/apple.jpg", "data/baboon.jpg", "data/board.jpg",
+        "data/building.jpg", "data/butterfly.jpg", "data/chicky_512.png", "data/fruits.jpg", "data/graf1.png",
+        "data/home.jpg", "data/leuvenA.jpg", "data/messi5.jpg", "data/orange.jpg", "alphamat/input_images/plant.jpg",
+        "data/rubberwhale1.png", "data/smarties.png", "data/squirrel_cls.jpg", "data/stuff.jpg"))},
+    **{f"mate_{name.lower()}": _debian(MATE_NATURE / f"{name}.jpg") for name in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm", "TwoWings",
+        "Wood", "YellowFlower")},
 }
+NEW_PHOTO_NAMES = tuple(name for prefix in ("opencv_", "mate_")
+                        for name in [n for n in _SOURCES if n.startswith(prefix)][::2])
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -128,13 +152,14 @@ def load_images(names: list[str] | tuple[str, ...] | None = None, skip_missing: 
 
 
 def training_names() -> list[str]:
-    """Names of the images used for training (every shipped image except the held-out ones)."""
-    return [name for name in _SOURCES if name not in HELDOUT_NAMES]
+    """Names of the images used for training (every image except the held-out ones)."""
+    return [name for name in _SOURCES if name not in HELDOUT_NAMES + NEW_PHOTO_NAMES]
 
 
-def heldout_images(max_side: int = 512) -> dict[str, np.ndarray]:
-    """Held-out images, centre-cropped to at most ``max_side`` pixels per side, as H×W×3 uint8."""
-    images = load_images(HELDOUT_NAMES, skip_missing=True)
+def heldout_images(max_side: int = 512, names: tuple[str, ...] = HELDOUT_NAMES) -> dict[str, np.ndarray]:
+    """Held-out images (the benchmark set unless ``names`` says otherwise; those this machine lacks are left out),
+    centre-cropped to at most ``max_side`` pixels per side, as H×W×3 uint8."""
+    images = load_images(names, skip_missing=True)
     return {name: _centre_crop(image, max_side) for name, image in images.items()}
 
 
@@ -145,10 +170,11 @@ def _centre_crop(image: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def export_npz(path: str | Path) -> Path:
-    """Write every image (training and held-out) as PNG bytes into one compressed .npz archive."""
+    """Write what the trainer reads (training and benchmark held-out images this machine has) as PNG bytes into one
+    .npz archive."""
     path = Path(path)
     encoded = {}
-    for name, image in load_images().items():
+    for name, image in load_images([*training_names(), *HELDOUT_NAMES], skip_missing=True).items():
         buffer = io.BytesIO()
         is_gray = bool((image == image[..., :1]).all())
         Image.fromarray(image[..., 0] if is_gray else image).save(buffer, format="PNG", optimize=True)

@@ -6,9 +6,12 @@
 Writes flat into DIR: restorer.safetensors (weights + config), restorer_optim.safetensors (AdamW moments for
 --resume) and restoration.json (config, steps, wall time, loss curve, held-out metrics). Saves every ~60 s.
 
+Training images: the PyPI sample photos plus the Debian photos that ``make restoration-data`` installs (without
+them it trains on the PyPI photos alone and says which are missing).
+
 On a machine that has torch but neither MiniLM nor the sample images (a lent GPU), prepare both here first:
 
-    python -m backends.restoration.images artifacts/gpu/images.npz
+    make restoration-data && python -m backends.restoration.images artifacts/gpu/images.npz
     python -m backends.restoration.sentences artifacts/gpu/sentences.safetensors
     HEADLAB_RESTORATION_IMAGES=artifacts/gpu/images.npz python -m backends.restoration.train --device cuda \
         --sentences artifacts/gpu/sentences.safetensors --batch 64 --crop 128 --lr 2e-4 --out DIR --resume ...
