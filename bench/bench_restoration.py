@@ -7,6 +7,8 @@
 2. Quality on the held-out photos: RGB PSNR/SSIM per task (noise σ 15/25/50, haze, rain) of the input, the model
    with a held-out paraphrase, the model with a wrong instruction, and the classical baseline; identity fidelity
    with an off-task instruction; prompt-understanding accuracy on the held-out paraphrases.
+3. The same for the bar's cases (noise σ 25, haze, rain) on the new photos, when ``make restoration-data`` has
+   installed them.
 
     python -m bench.bench_restoration [--threads 2] [--max-side 512] [--weights FILE] [--write]
 """
