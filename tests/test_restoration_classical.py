@@ -1,4 +1,5 @@
-"""Classical baselines and the prompt-free cues that suggest an instruction."""
+"""Classical baselines, the prompt-free cues that suggest an instruction, and the held-out evaluation that
+compares the model with the baselines."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backends.core.text_encoder import MiniLMEncoder
+from backends.restoration.adapters import ASSETS
+from backends.restoration.checkpoint import WEIGHTS_FILE, load_models
 from backends.restoration.classical import BASELINES, degradation_cues, estimate_noise_sigma
-from backends.restoration.evaluate import degraded_case, psnr_ssim
+from backends.restoration.evaluate import degraded_case, evaluate_heldout, psnr_ssim
 from backends.restoration.images import IMAGES_ENV, export_npz, heldout_images, load_images
 
 
@@ -45,3 +49,15 @@ def test_the_image_archive_round_trips(tmp_path: Path, monkeypatch: pytest.Monke
     assert all(np.array_equal(direct[name], from_archive[name]) for name in direct)
     with pytest.raises(FileNotFoundError):
         load_images(["camera", "not-an-image"])
+
+
+def test_the_evaluation_compares_the_shipped_model_with_its_baseline_image_by_image():
+    models, encoder = load_models(ASSETS / WEIGHTS_FILE), MiniLMEncoder()
+    result = evaluate_heldout(models.restorer, models.classifier, lambda sentences: encoder(sentences).pooled,
+                              max_side=96, names=("astronaut", "coffee"), cases=("noise25",))
+    assert result["images"] == ["astronaut", "coffee"]
+    assert set(result["cases"]) == {"noise25", "none_identity"}
+    noise = result["cases"]["noise25"]
+    assert noise["model_psnr"] > noise["input_psnr"] + 5
+    assert noise["margin_db"] == pytest.approx(noise["model_psnr"] - noise["baseline_psnr"])
+    assert noise["worst_margin_db"] <= noise["margin_db"] and noise["model_wins"] in (0.0, 0.5, 1.0)

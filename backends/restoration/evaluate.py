@@ -24,7 +24,6 @@ Embed = Callable[[list[str]], torch.Tensor]
 # evaluation cases: (name, task, noise σ)
 CASES = (("noise15", "noise", 15.0), ("noise25", "noise", 25.0), ("noise50", "noise", 50.0),
          ("haze", "haze", None), ("rain", "rain", None))
-CASE_TASKS = {name: task for name, task, _ in CASES}
 WRONG_TASK = {"noise": "haze", "haze": "rain", "rain": "noise"}
 
 
@@ -116,11 +115,10 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
         rows.setdefault("none_identity", {}).setdefault("model_psnr", []).append(psnr_ssim(clean, identity)[0])
     summary = {case: {key: float(np.mean(values)) for key, values in metrics.items()} for case, metrics in rows.items()}
     if with_baselines:
-        for case, metrics in rows.items():
-            if case in CASE_TASKS:
-                margins = np.subtract(metrics["model_psnr"], metrics["baseline_psnr"])
-                summary[case].update(margin_db=float(margins.mean()), worst_margin_db=float(margins.min()),
-                                     model_wins=float((margins > 0).mean()))
+        for case in (name for name, _, _ in CASES if name in rows):
+            margins = np.subtract(rows[case]["model_psnr"], rows[case]["baseline_psnr"])
+            summary[case].update(margin_db=float(margins.mean()), worst_margin_db=float(margins.min()),
+                                 model_wins=float((margins > 0).mean()))
     return {
         "images": list(images),
         "max_side": max_side,
