@@ -9,6 +9,8 @@
    with an off-task instruction; prompt-understanding accuracy on the held-out paraphrases.
 3. The same for the bar's cases (noise σ 25, haze, rain) on the new photos, when ``make restoration-data`` has
    installed them.
+4. Wording robustness: every held-out paraphrase of each task on every benchmark photo (256²), the restorer steered
+   by the paraphrase's own embedding vs by the nearest training instruction of the understood task (as the app does).
 
     python -m bench.bench_restoration [--threads 2] [--max-side 512] [--weights FILE] [--write]
 """
@@ -28,11 +30,21 @@ import numpy as np
 import torch
 
 from backends.core.text_encoder import MiniLMEncoder
-from backends.restoration.adapters import ASSETS, EmbeddedRestorer
+from backends.restoration.adapters import ASSETS, INSTRUCTIONS_FILE, EmbeddedRestorer
+from backends.restoration.anchors import InstructionAnchors
 from backends.restoration.checkpoint import REPORT_FILE, WEIGHTS_FILE, load_models
 from backends.restoration.classical import denoise_nlm
-from backends.restoration.evaluate import CASES, degraded_case, evaluate_heldout, psnr_ssim
+from backends.restoration.evaluate import (
+    CASES,
+    degraded_case,
+    evaluate_heldout,
+    psnr_ssim,
+    run_restorer,
+    to_array,
+    to_tensor,
+)
 from backends.restoration.images import HELDOUT_NAMES, NEW_PHOTO_NAMES, heldout_images
+from backends.restoration.prompts import heldout_paraphrases
 from backends.restoration.tiling import OVERLAP, TILE, count_tiles, tile_layout
 
 RESULTS = Path(__file__).with_name("RESULTS_restoration.md")
@@ -117,7 +129,8 @@ def bench_quality(weights: Path, max_side: int, names: tuple[str, ...] = HELDOUT
     models = load_models(weights)
     encoder = MiniLMEncoder()
     quality = evaluate_heldout(models.restorer, models.classifier, lambda sentences: encoder(sentences).pooled,
-                               max_side=max_side, names=names, cases=cases)
+                               max_side=max_side, names=names, cases=cases,
+                               anchors=InstructionAnchors.load(ASSETS / INSTRUCTIONS_FILE, encoder))
     case_index = [name for name, _, _ in CASES].index("noise25")
     blind = []
     for image_index, clean in enumerate(heldout_images(max_side, names).values()):
@@ -125,6 +138,31 @@ def bench_quality(weights: Path, max_side: int, names: tuple[str, ...] = HELDOUT
         blind.append(psnr_ssim(clean / 255.0, denoise_nlm(noisy))[0])
     quality["nlm_estimated_sigma_noise25_psnr"] = float(np.mean(blind))
     return quality
+
+
+def bench_wordings(weights: Path, max_side: int = 256) -> dict:
+    """Mean and worst PSNR over all held-out paraphrases × benchmark photos per bar case, steered by each
+    paraphrase's own embedding and by its anchor (nearest training instruction of the understood task)."""
+    models = load_models(weights)
+    encoder = MiniLMEncoder()
+    anchors = InstructionAnchors.load(ASSETS / INSTRUCTIONS_FILE, encoder)
+    paraphrases = heldout_paraphrases()
+    results = {}
+    for case_index, (case, task, sigma) in enumerate(CASES):
+        if case not in BAR_CASES:
+            continue
+        embeddings = encoder(paraphrases[task]).pooled
+        steered = {"own embedding": list(embeddings),
+                   "nearest training instruction": [anchors.steer(models.classifier, e)[0] for e in embeddings]}
+        scores: dict[str, list[float]] = {way: [] for way in steered}
+        for image_index, clean in enumerate(heldout_images(max_side).values()):
+            degraded = degraded_case(clean, task, sigma, seed=1000 * image_index + case_index)
+            for way, conditions in steered.items():
+                scores[way] += [psnr_ssim(clean / 255.0, to_array(run_restorer(
+                    models.restorer, to_tensor(degraded), condition)))[0] for condition in conditions]
+        results[case] = {way: {"mean": float(np.mean(values)), "worst": float(np.min(values))}
+                         for way, values in scores.items()}
+    return {"max_side": max_side, "wordings": len(paraphrases["noise"]), "cases": results}
 
 
 def quality_lines(quality: dict, heading: str) -> list[str]:
@@ -153,7 +191,8 @@ def quality_lines(quality: dict, heading: str) -> list[str]:
                     f"{cases['none_identity']['model_psnr']:.2f} dB", ""]
 
 
-def markdown(speed: dict, quality: dict, new_photos: dict | None, weights: Path, threads: int) -> str:
+def markdown(speed: dict, quality: dict, new_photos: dict | None, wordings: dict, weights: Path,
+             threads: int) -> str:
     """The results as a markdown section for BENCHMARKS.md."""
     metadata = load_models(weights).metadata
     report = weights.with_name(REPORT_FILE)
@@ -183,6 +222,13 @@ def markdown(speed: dict, quality: dict, new_photos: dict | None, weights: Path,
     if new_photos is not None:
         lines += quality_lines(new_photos, "Quality on new photos (Debian `opencv-doc` and `mate-backgrounds` photos "
                                "held out by name; scenes unlike every PyPI sample)")
+    lines += [f"**Wording robustness** (all {wordings['wordings']} held-out paraphrases × {len(HELDOUT_NAMES)} "
+              f"benchmark photos at {wordings['max_side']}², PSNR dB mean / worst)", "",
+              "| case | steered by the paraphrase's own embedding | steered by the nearest training instruction |",
+              "|---|---|---|"]
+    lines += [f"| {case} | " + " | ".join(f"{row['mean']:.2f} / {row['worst']:.2f}" for row in ways.values()) + " |"
+              for case, ways in wordings["cases"].items()]
+    lines += [""]
     understanding = quality["prompt_understanding"]
     lines += ["- Prompt sensitivity: the *wrong instruction* column gives the next task's held-out paraphrase "
               "(noise→haze, haze→rain, rain→noise).",
@@ -213,7 +259,9 @@ def main() -> None:
         print(json.dumps(new_photos["cases"], indent=1), flush=True)
     else:
         print("new photos skipped: `make restoration-data` installs the Debian packages that hold them", flush=True)
-    section = markdown(speed, quality, new_photos, weights, args.threads)
+    wordings = bench_wordings(weights)
+    print(json.dumps(wordings, indent=1), flush=True)
+    section = markdown(speed, quality, new_photos, wordings, weights, args.threads)
     print(section)
     if args.write:
         RESULTS.write_text(section)

@@ -39,8 +39,15 @@ L2-normalised over all pixels and each head builds a C×C attention map, so the 
 on template sentences and tested on paraphrases it never saw. With an empty instruction the panel guesses from
 simple image measurements (noise level, dark channel, thin bright streaks) and suggests a sentence.
 
-**Training** (by HeadLab, seeded): natural sample photos shipped in scikit-image, scikit-learn and matplotlib (whole
-images held out for the examples and the evaluation), random crops degraded on the fly with Gaussian noise
+**Steering by the nearest training instruction.** The U-Net was trained on about 290 instructions per task, and its
+answer to a sentence embedding far from all of them is unreliable: "Defog this photo please", understood as haze with
+full confidence, once left the haze in. So the network is steered by the training instruction of the understood task
+whose embedding is closest to yours (shown under the understanding); TextPromptIR gets the same robustness by
+fine-tuning its BERT encoder as a degradation classifier.
+
+**Training** (by HeadLab, seeded): natural sample photos shipped in scikit-image, scikit-learn and matplotlib and in
+the Debian packages opencv-doc and mate-backgrounds (whole images held out for the examples and the evaluation),
+random crops degraded on the fly with Gaussian noise
 (σ = 15, 25, 50), haze from the atmospheric scattering model I = J·t + A·(1 − t), t = exp(−β·depth) with a depth
 proxy, and synthetic rain streaks; L1 loss, AdamW, cosine schedule.
 
@@ -70,7 +77,9 @@ def understanding_text(answer: dict) -> str:
         return (f"**No instruction yet.** Try: *{answer['suggestion']}* — {answer['reason']}.")
     others = " · ".join(f"{task} {p:.0%}" for task, p in answer["probabilities"].items())
     notes = "".join(f"\n\n⚠️ {note}" for note in answer.get("notes", []))
-    return f"**Understood as: {answer['degradation']}** ({answer['confidence']:.0%}) — {others}{notes}"
+    steering = (f"\n\nSteers the network as the training instruction *“{answer['steered_by']}”*"
+                if answer.get("steered_by") else "")
+    return f"**Understood as: {answer['degradation']}** ({answer['confidence']:.0%}) — {others}{steering}{notes}"
 
 
 def metrics_table(summary: dict) -> str:

@@ -12,11 +12,13 @@ from pathlib import Path
 import torch
 
 from backends.core.text_encoder import MiniLMEncoder
+from backends.restoration.anchors import InstructionAnchors
 from backends.restoration.checkpoint import WEIGHTS_FILE, load_models
 from backends.restoration.prompts import TASKS
 from backends.restoration.tiling import OVERLAP, TILE, restore_tiled
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "restoration"
+INSTRUCTIONS_FILE = "instructions.safetensors"  # MiniLM embeddings of the training instructions (anchors)
 EMBEDDED_ID = "textprompt-ir"
 TEXT_CACHE_SIZE = 256
 
@@ -45,6 +47,11 @@ class RestorerAdapter:
         """Restore one tile (1×3×h×w on the device) with a conditioning vector."""
         raise NotImplementedError
 
+    def steering(self, prompt: str) -> tuple[torch.Tensor, str | None]:
+        """The conditioning vector ``restore`` uses for ``prompt`` and, for models that steer by a training
+        instruction instead of the prompt's own embedding, that instruction (here: the prompt's embedding, None)."""
+        return self.embed(prompt), None
+
     def embed(self, prompt: str) -> torch.Tensor:
         """``encode`` with a bounded LRU cache keyed by the prompt."""
         if prompt in self._embeddings:
@@ -65,7 +72,7 @@ class RestorerAdapter:
     @torch.no_grad()
     def restore(self, image: torch.Tensor, prompt: str, tile: int = TILE, overlap: int = OVERLAP) -> torch.Tensor:
         """Restore a 1×3×H×W CPU tensor in [0, 1] following ``prompt``; large images go tile by tile."""
-        embedding = self.embed(prompt)
+        embedding, _ = self.steering(prompt)
 
         def run(part: torch.Tensor) -> torch.Tensor:
             return self.restore_tile(part.to(self.device), embedding).clamp(0, 1)
@@ -82,8 +89,9 @@ def cpu_has_native_bfloat16() -> bool:
 class EmbeddedRestorer(RestorerAdapter):
     """HeadLab's TextPromptIR-style restorer and prompt classifier, with the frozen MiniLM text encoder.
 
-    On CPUs with native bfloat16 the restorer runs under bf16 autocast (outputs differ from fp32 by far less than
-    one 8-bit grey level: ≥ 65 dB PSNR between the two on held-out photos); elsewhere it runs in fp32.
+    The restorer is steered by the training instruction nearest to the prompt within the understood task
+    (``anchors``). On CPUs with native bfloat16 it runs under bf16 autocast (outputs differ from fp32 by far less
+    than one 8-bit grey level: ≥ 65 dB PSNR between the two on held-out photos); elsewhere it runs in fp32.
     """
 
     def __init__(self, weights: str | Path, device: str = "cpu", encoder: MiniLMEncoder | None = None,
@@ -93,6 +101,7 @@ class EmbeddedRestorer(RestorerAdapter):
         self.restorer, self.classifier = models.restorer, models.classifier
         self.metadata = models.metadata
         self.encoder = (encoder or MiniLMEncoder()).to(device)
+        self.anchors = InstructionAnchors.load(ASSETS / INSTRUCTIONS_FILE, self.encoder)
         self.bfloat16 = (device == "cpu" and cpu_has_native_bfloat16()) if bfloat16 is None else bfloat16
         self.precision = "bfloat16 autocast" if self.bfloat16 else "float32"
 
@@ -112,6 +121,11 @@ class EmbeddedRestorer(RestorerAdapter):
     def task_probabilities(self, embedding: torch.Tensor) -> torch.Tensor:
         """Softmax of the prompt classifier."""
         return torch.softmax(self.classifier(embedding), dim=-1)
+
+    @torch.no_grad()
+    def steering(self, prompt: str) -> tuple[torch.Tensor, str]:
+        """The embedding and text of the training instruction nearest to ``prompt`` in the understood task."""
+        return self.anchors.steer(self.classifier, self.embed(prompt))
 
     def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """One TextPromptIR forward pass (bf16 autocast where the CPU supports it natively)."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from backends.restoration.anchors import InstructionAnchors
 from backends.restoration.classical import BASELINES
 from backends.restoration.degrade import degrade
 from backends.restoration.images import HELDOUT_NAMES, heldout_images
@@ -79,14 +80,20 @@ def prompt_accuracy(classifier: PromptClassifier, embed: Embed) -> dict:
 
 def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed: Embed, max_side: int = 512,
                      with_baselines: bool = True, names: tuple[str, ...] = HELDOUT_NAMES,
-                     cases: tuple[str, ...] | None = None) -> dict:
+                     cases: tuple[str, ...] | None = None, anchors: InstructionAnchors | None = None) -> dict:
     """Mean PSNR/SSIM per case (all ``CASES`` unless ``cases`` names some) on the held-out images ``names``: input,
     model (held-out paraphrase), model with a wrong instruction, and the classical baseline (with the mean, worst and
     share of images won of the model's margin over it); identity fidelity with an off-task instruction; prompt
-    accuracy."""
+    accuracy. With ``anchors`` the restorer is steered as the app steers it (nearest training instruction of the
+    understood task); without, by the paraphrase's own embedding."""
     started = time.time()
     restorer.eval()
     paraphrases = heldout_paraphrases()
+
+    def steer(sentences: list[str]) -> list[torch.Tensor]:
+        embeddings = list(embed(sentences))
+        return [anchors.steer(classifier, e)[0] for e in embeddings] if anchors else embeddings
+
     images = heldout_images(max_side, names)
     rows: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in CASES if cases is None or name in cases}
     for image_index, clean_uint8 in enumerate(images.values()):
@@ -97,7 +104,7 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
             degraded = degraded_case(clean_uint8, task, sigma, seed=1000 * image_index + case_index)
             right = paraphrases[task][image_index % len(paraphrases[task])]
             wrong = paraphrases[WRONG_TASK[task]][image_index % len(paraphrases[WRONG_TASK[task]])]
-            embeddings = embed([right, wrong])
+            embeddings = steer([right, wrong])
             outputs = {
                 "input": degraded,
                 "model": to_array(run_restorer(restorer, to_tensor(degraded), embeddings[0])),
@@ -110,7 +117,7 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
                 psnr, ssim = psnr_ssim(clean, output)
                 rows[case].setdefault(f"{key}_psnr", []).append(psnr)
                 rows[case].setdefault(f"{key}_ssim", []).append(ssim)
-        off_task = embed([paraphrases["none"][image_index % len(paraphrases["none"])]])[0]
+        off_task = steer([paraphrases["none"][image_index % len(paraphrases["none"])]])[0]
         identity = to_array(run_restorer(restorer, to_tensor(clean_uint8), off_task))
         rows.setdefault("none_identity", {}).setdefault("model_psnr", []).append(psnr_ssim(clean, identity)[0])
     summary = {case: {key: float(np.mean(values)) for key, values in metrics.items()} for case, metrics in rows.items()}

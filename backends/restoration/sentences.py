@@ -38,17 +38,18 @@ class SentenceTable:
     """MiniLM sentence embeddings (N×384) of all instructions; lookups by sentence or by row index.
 
     With ``cache``, embeddings are read from that file when it holds exactly these sentences; otherwise they are
-    computed with MiniLM and, with ``cache``, written there.
+    computed with MiniLM (``encoder``, or a new one) and, with ``cache``, written there.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", cache: Path | None = None):
+    def __init__(self, device: torch.device | str = "cpu", cache: Path | None = None,
+                 encoder: MiniLMEncoder | None = None):
         self.sentences, self.train_ids = _sentences()
         self.row = {sentence: index for index, sentence in enumerate(self.sentences)}
         stored_sentences, stored = _read(cache) if cache is not None and cache.exists() else (None, None)
         if stored_sentences == self.sentences:
             self.embeddings = stored.to(device)
             return
-        encoder = MiniLMEncoder()
+        encoder = encoder or MiniLMEncoder()
         chunks = [encoder(self.sentences[i:i + 256]).pooled for i in range(0, len(self.sentences), 256)]
         self.embeddings = torch.cat(chunks).to(device)
         if cache is not None:

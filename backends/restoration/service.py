@@ -78,8 +78,10 @@ class RestorationService(Service):
                          f"will leave the image mostly unchanged. Try e.g. '{SUGGESTED_PROMPTS['noise']}'.")
         elif confidence < LOW_CONFIDENCE:
             notes.append(f"Low confidence ({confidence:.0%}): the instruction is ambiguous; name one degradation.")
-        return {"degradation": degradation, "confidence": round(confidence, 4),
-                "probabilities": {task: round(p, 4) for task, p in probabilities.items()}, "notes": notes}
+        answer = {"degradation": degradation, "confidence": round(confidence, 4),
+                  "probabilities": {task: round(p, 4) for task, p in probabilities.items()}, "notes": notes}
+        _, anchor = restorer.steering(prompt)
+        return answer | ({"steered_by": anchor} if anchor is not None else {})
 
     def _restore(self, image: Image.Image | None, prompt: str, model: str, reference: Image.Image | None) -> tuple[
             np.ndarray, np.ndarray, dict, np.ndarray | None]:

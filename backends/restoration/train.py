@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from backends.restoration.anchors import InstructionAnchors
 from backends.restoration.checkpoint import (
     OPTIMIZER_FILE,
     REPORT_FILE,
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
 
     restorer.eval()
     heldout = evaluate_heldout(restorer, classifier, table.embed, max_side=eval_side,
-                               with_baselines=not args.no_baselines)
+                               with_baselines=not args.no_baselines, anchors=InstructionAnchors(table))
     write_report({"heldout": heldout})
     for case, metrics in heldout["cases"].items():
         print(case, {key: round(value, 3) for key, value in metrics.items()}, flush=True)
