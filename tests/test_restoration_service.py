@@ -59,8 +59,8 @@ def test_the_instruction_is_understood_before_restoring(service: RestorationServ
 
 
 def test_a_new_wording_steers_like_a_training_instruction(service: RestorationService):
-    """"Defog this photo please" is not a training instruction; steered by its own embedding the network left the
-    haze in (−11 dB); steered by the nearest haze instruction it restores like one."""
+    """"Defog this photo please" is not a training instruction; steered by its own embedding the step-12,783 network
+    left the haze in (−11 dB); steered by the nearest haze instruction it restores like one."""
     clean = heldout_images(128)["grace_hopper"]
     hazy = to_pil(degraded_case(clean, "haze", None, seed=3))
     _, new_wording = service.call("restore", hazy, "Defog this photo please", "", Image.fromarray(clean))

@@ -122,7 +122,6 @@ class EmbeddedRestorer(RestorerAdapter):
         """Softmax of the prompt classifier."""
         return torch.softmax(self.classifier(embedding), dim=-1)
 
-    @torch.no_grad()
     def steering(self, prompt: str) -> tuple[torch.Tensor, str]:
         """The embedding and text of the training instruction nearest to ``prompt`` in the understood task."""
         return self.anchors.steer(self.classifier, self.embed(prompt))

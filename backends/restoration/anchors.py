@@ -2,8 +2,9 @@
 was trained on before it conditions the restorer.
 
 The restorer only ever saw the embeddings of its ~290 training instructions per task (slightly jittered). Its response
-to an embedding far from all of them is unreliable: on held-out photos "Defog this photo please" — understood as haze
-with 100 % confidence by the classifier — left the haze in (−11 dB against a training wording). TextPromptIR avoids
+to an embedding far from all of them is unreliable: with the step-12,783 weights, "Defog this photo please" —
+understood as haze with 100 % confidence by the classifier — left the haze in (−11 dB against a training wording on
+the benchmark photos; bench/bench_restoration.py measures all held-out wordings both ways). TextPromptIR avoids
 this by fine-tuning its BERT as a degradation classifier; HeadLab keeps MiniLM frozen, so it steers with the training
 instruction of the understood task whose embedding is nearest (cosine) to the user's.
 """
