@@ -1,5 +1,5 @@
-"""The training script end to end on CPU (tiny model, seconds of training), its files, --resume and the
-sentence-embedding cache that lets it train without MiniLM."""
+"""The training script end to end on CPU (tiny model, seconds of training), its files, --resume, bfloat16
+autocast and the sentence-embedding cache that lets it train without MiniLM."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _no_minilm() -> None:
 def _train_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     cache = tmp_path / "sentences.safetensors"
-    train.main([*TINY_ARGS, "--out", str(first), "--sentences", str(cache)])
+    train.main([*TINY_ARGS, "--out", str(first), "--sentences", str(cache), "--cpu-bf16"])
     assert cache.exists()
     assert sorted(p.name for p in first.iterdir()) == sorted([WEIGHTS_FILE, OPTIMIZER_FILE, REPORT_FILE])
     report = json.loads((first / REPORT_FILE).read_text())
@@ -48,5 +48,6 @@ def _train_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                 "--sentences", str(cache)])
     resumed = json.loads((second / REPORT_FILE).read_text())["train"]
     assert resumed["first_step"] == steps and resumed["steps"] > steps
+    assert report["train"]["bf16"] and not resumed["bf16"]
     assert resumed["resumed_from"].endswith(WEIGHTS_FILE)
     assert [run["steps"] for run in resumed["previous_runs"]] == [steps]
