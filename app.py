@@ -13,7 +13,7 @@ import gradio as gr
 
 from backends.core.client import make_client
 from backends.core.config import AppConfig, load_config
-from backends.core.registry import service_class
+from backends.core.registry import api_class
 from backends.serve.api import add_api_endpoints
 from ui.common import backend_status, queue_settings
 
@@ -33,25 +33,32 @@ Every panel runs offline on an embedded model; hub models load when the hub is r
 
 
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
-    """The HeadLab Gradio app: one tab per panel plus the API routes of every panel."""
+    """The HeadLab Gradio app: one tab per panel, and the API routes of every panel as the only public API.
+
+    The routes are added first, so each keeps its endpoint's own name; every UI event is private.
+    """
     config = config or load_config()
     clients = {name: make_client(panel) for name, panel in config.panels.items()}
     statuses = []
     with gr.Blocks(title=config.title) as app:
+        route_ids: set[int] = set()
+        for name, panel in config.panels.items():
+            route_ids |= add_api_endpoints(clients[name].call, api_class(name).endpoints(), **queue_settings(panel))
         gr.Markdown(INTRO)
         with gr.Tabs():
             for name, panel in config.panels.items():
                 with gr.Tab(TAB_LABELS[name], id=name):
                     statuses.append(gr.Markdown())
                     importlib.import_module(f"ui.{name}").build(clients[name], panel)
-        for name, panel in config.panels.items():
-            add_api_endpoints(clients[name].call, service_class(name).endpoints(), **queue_settings(panel))
 
         def refresh_statuses() -> list[str]:
             return [backend_status(client) for client in clients.values()]
 
         app.load(refresh_statuses, None, statuses, queue=False)
         gr.Timer(STATUS_REFRESH_SECONDS).tick(refresh_statuses, None, statuses, queue=False, show_progress="hidden")
+    for function_id, function in app.fns.items():
+        if function_id not in route_ids:
+            function.api_visibility = "private"
     return app
 
 

@@ -54,6 +54,7 @@ def echo_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
     code = (
         "import backends.core.registry as r; r.SERVICES['echo'] = 'tests.echo_service:EchoService'\n"
+        "r.APIS['echo'] = 'tests.echo_service:EchoAPI'\n"
         "from backends.serve.__main__ import build_server\n"
         f"build_server('echo').queue().launch(server_name='127.0.0.1', server_port={port})\n"
     )

@@ -9,13 +9,14 @@ from PIL import Image
 import backends.core.registry as registry
 from backends.core.client import LocalClient, RemoteClient
 from backends.core.config import load_config
-from backends.core.service import BackendUnavailableError, ServiceError
+from backends.core.service import BackendUnavailableError, InternalError, Service, ServiceError
 from tests.conftest import free_port
-from tests.echo_service import EchoService
+from tests.echo_service import EchoAPI, EchoService
 
 
 @pytest.fixture(autouse=True)
 def echo_panel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.APIS, "echo", "tests.echo_service:EchoAPI")
     monkeypatch.setitem(registry.SERVICES, "echo", "tests.echo_service:EchoService")
 
 
@@ -26,8 +27,19 @@ def test_endpoints_are_introspected_from_type_hints():
         ("model", "str"), ("text", "str"), ("times", "int")
     ]
     assert endpoints["echo_text"].params[2].default == 2
-    assert endpoints["mirror"].params[0].kind == "image"
-    assert endpoints["mirror"].returns == ("image", "json")
+    assert endpoints["echo_text"].params[1].doc == "the text to repeat"
+    assert endpoints["mirror"].params[0].kind == "image" and endpoints["mirror"].params[0].required
+    assert [(r.name, r.kind) for r in endpoints["mirror"].results] == [("mirrored", "image"), ("meta", "json")]
+    assert endpoints["mirror"].results[1].doc == "the image's size and mode"
+    assert endpoints["mirror"].signature() == 'mirror(image, model="")'
+
+
+def test_a_service_must_implement_its_api_as_declared():
+    with pytest.raises(TypeError, match="does not implement the endpoint mirror"):
+        type("Lazy", (EchoAPI, Service), {"default_model": "echo", "echo_text": EchoService.echo_text,
+                                           "divide": EchoService.divide})
+    with pytest.raises(TypeError, match="differs from its API"):
+        type("Sloppy", (EchoService,), {"echo_text": lambda self, model, text: {}})
 
 
 def test_local_client_runs_endpoints_and_reports_state():
@@ -44,7 +56,7 @@ def test_bad_input_and_bugs_become_service_errors():
         client.call("echo_text", "", "", 1)
     with pytest.raises(ServiceError, match="unknown model"):
         client.call("echo_text", "../../etc/passwd", "x", 1)
-    with pytest.raises(ServiceError, match="ZeroDivisionError"):
+    with pytest.raises(InternalError, match=r"internal error in divide \(ZeroDivisionError\)"):
         client.call("divide", "", 1.0, 0.0)
     with pytest.raises(ServiceError, match="no endpoint"):
         client.call("__init__")

@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from backends.core.api import Endpoint
 from backends.core.config import PanelConfig
-from backends.core.registry import service_class
-from backends.core.service import BackendUnavailableError, Endpoint, Service, ServiceError
+from backends.core.registry import api_class, service_class
+from backends.core.service import BackendUnavailableError, Service, ServiceError
 
 
 class Client(Protocol):
@@ -63,7 +64,7 @@ class RemoteClient:
     def __init__(self, panel: str, url: str, endpoints: list[Endpoint] | None = None):
         self.panel = panel
         self.url = url.rstrip("/") + "/"
-        self._endpoints = {ep.name: ep for ep in (endpoints or service_class(panel).endpoints())}
+        self._endpoints = {ep.name: ep for ep in (endpoints or api_class(panel).endpoints())}
         self._client = None
         self._lock = threading.Lock()
 
@@ -113,7 +114,7 @@ class RemoteClient:
 
     def info(self) -> dict:
         """The remote service's health call."""
-        return self.call(service_class(self.panel).info_endpoint_name())
+        return self.call(api_class(self.panel).info_endpoint_name())
 
 
 def _encode(value: Any, kind: str, folder: str) -> Any:

@@ -1,11 +1,17 @@
-"""Which service class serves each panel (imported only when a panel is used in-process)."""
+"""Which API class describes each panel (torch-free) and which service class implements it (imported on use)."""
 
 from __future__ import annotations
 
 import importlib
 
-from backends.core.service import Service
+from backends.core.api import PanelAPI
 
+APIS = {
+    "heads": "backends.heads.api:HeadsAPI",
+    "guidance": "backends.guidance.api:GuidanceAPI",
+    "segmentation": "backends.segmentation.api:SegmentationAPI",
+    "restoration": "backends.restoration.api:RestorationAPI",
+}
 SERVICES = {
     "heads": "backends.heads.service:HeadsService",
     "guidance": "backends.guidance.service:GuidanceService",
@@ -14,7 +20,16 @@ SERVICES = {
 }
 
 
-def service_class(panel: str) -> type[Service]:
-    """The service class of ``panel``; raises KeyError for an unknown panel."""
-    module_name, class_name = SERVICES[panel].split(":")
+def _load(path: str) -> type:
+    module_name, class_name = path.split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def api_class(panel: str) -> type[PanelAPI]:
+    """The API class of ``panel`` (its endpoint specs, no ML imports); raises KeyError for an unknown panel."""
+    return _load(APIS[panel])
+
+
+def service_class(panel: str) -> type[PanelAPI]:
+    """The service class of ``panel`` (imports its models' libraries); raises KeyError for an unknown panel."""
+    return _load(SERVICES[panel])

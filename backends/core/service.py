@@ -1,34 +1,29 @@
 """The contract every panel's backend service follows.
 
-A service is a plain Python object: its public API is the methods marked with :func:`endpoint`. Parameters are typed
-``str``, ``int``, ``float`` or ``PIL.Image.Image`` (``None`` when no image is given); results are JSON-able dicts and
-PIL images. Models load lazily on first use and stay cached (bounded LRU); ``info()`` reports what is loaded and
-what is loading. Bad input raises :class:`ServiceError` with a message meant for the user.
+A service is a plain Python object that implements its panel's API (``backends/<panel>/api.py``, see
+:mod:`backends.core.api`): results are JSON-able dicts and PIL images. Models load lazily on first use and stay
+cached (bounded LRU); ``info()`` reports what is loaded and what is loading. Bad input raises :class:`ServiceError`
+with a message meant for the user; any other failure is logged and becomes an :class:`InternalError`.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
 import time
-import typing
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from PIL import Image
+
+from backends.core.api import PanelAPI, check_implements
 
 log = logging.getLogger("headlab")
 
 #: PIL refuses to decode larger images (decompression bombs); services downscale what they accept
 MAX_IMAGE_PIXELS = 40_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-PARAM_KINDS = {str: "str", int: "int", float: "float", Image.Image: "image"}
-RESULT_KINDS = ("json", "image")
 
 
 class ServiceError(Exception):
@@ -39,37 +34,8 @@ class BackendUnavailableError(ServiceError):
     """The panel's backend service cannot be reached right now."""
 
 
-@dataclass(frozen=True)
-class Param:
-    """One endpoint parameter: its name, kind (str, int, float or image) and default (``inspect._empty`` if none)."""
-
-    name: str
-    kind: str
-    default: Any = inspect.Parameter.empty
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An API endpoint of a panel: name, parameters in order, result kinds in order, description."""
-
-    name: str
-    params: tuple[Param, ...]
-    returns: tuple[str, ...]
-    doc: str
-
-
-def endpoint(*returns: str) -> Callable[[Callable], Callable]:
-    """Mark a service method as an API endpoint whose results are ``returns`` (each "json" or "image")."""
-    kinds = returns or ("json",)
-    unknown = [kind for kind in kinds if kind not in RESULT_KINDS]
-    if unknown:
-        raise ValueError(f"unknown result kinds {unknown}; use {RESULT_KINDS}")
-
-    def mark(method: Callable) -> Callable:
-        method.__endpoint_returns__ = kinds
-        return method
-
-    return mark
+class InternalError(ServiceError):
+    """A bug: the endpoint failed in a way its input does not explain (the traceback is in the server's log)."""
 
 
 def hub_load_error(model_id: str, error: Exception) -> ServiceError:
@@ -92,16 +58,23 @@ def pick_device(requested: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Service:
-    """Base class of the panels' backend services: endpoints, lazy model cache, device, health."""
+class Service(PanelAPI):
+    """Base class of the panels' backend services: endpoints, lazy model cache, device, health.
 
-    panel: ClassVar[str]
+    A panel's service derives from its API class (``backends/<panel>/api.py``) and this class, and implements every
+    endpoint the API declares with the same signature.
+    """
+
     default_model: ClassVar[str]
     #: models this service offers by name (embedded defaults first); other ids may be accepted by ``load_model``
     known_models: ClassVar[tuple[str, ...]] = ()
     #: whether float16 is safe for this panel's models on CUDA
     half_precision_safe: ClassVar[bool] = True
     max_cached_models: ClassVar[int] = 2
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        check_implements(cls)
 
     def __init__(self, device: str | None = None):
         import torch
@@ -156,49 +129,18 @@ class Service:
             "endpoints": [ep.name for ep in self.endpoints()],
         }
 
-    @classmethod
-    def info_endpoint_name(cls) -> str:
-        """The API name of this panel's health call, e.g. ``heads_info``."""
-        return f"{cls.panel}_info"
-
-    @classmethod
-    def endpoints(cls) -> list[Endpoint]:
-        """This service's API: the health call first, then every method marked with :func:`endpoint`."""
-        found = [Endpoint(cls.info_endpoint_name(), (), ("json",), "Health and state of the panel's service.")]
-        for name, method in inspect.getmembers(cls, inspect.isfunction):
-            returns = getattr(method, "__endpoint_returns__", None)
-            if returns is None:
-                continue
-            hints = typing.get_type_hints(method)
-            params = []
-            for param in list(inspect.signature(method).parameters.values())[1:]:
-                kind = PARAM_KINDS.get(_strip_optional(hints.get(param.name)))
-                if kind is None:
-                    raise TypeError(f"{cls.__name__}.{name}: parameter {param.name} needs a str/int/float/image hint")
-                params.append(Param(param.name, kind, param.default))
-            found.append(Endpoint(name, tuple(params), returns, inspect.getdoc(method) or ""))
-        return found
-
     def call(self, name: str, *args: Any) -> Any:
-        """Run endpoint ``name``; unexpected failures come back as a :class:`ServiceError`, never a crash."""
+        """Run endpoint ``name``; a failure that is not a :class:`ServiceError` is logged and becomes an
+        :class:`InternalError`, never a crash."""
         if name == self.info_endpoint_name():
             return self.info()
-        method = getattr(self, name, None)
-        if method is None or not hasattr(method, "__endpoint_returns__"):
+        if name not in {spec.name for spec in self.endpoints()[1:]}:
             raise ServiceError(f"the {self.panel} panel has no endpoint {name!r}")
         try:
-            return method(*args)
+            return getattr(self, name)(*args)
         except ServiceError:
             raise
-        except (ValueError, TypeError, OSError) as error:
-            log.warning("%s.%s rejected its input: %s", self.panel, name, error)
-            raise ServiceError(f"{name}: {error}") from error
         except Exception as error:  # a bug must not take the service down
             log.exception("%s.%s failed", self.panel, name)
-            raise ServiceError(f"{name} failed unexpectedly ({type(error).__name__}: {error})") from error
-
-
-def _strip_optional(hint: Any) -> Any:
-    """``X | None`` → ``X``."""
-    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return args[0] if len(args) == 1 and type(None) in typing.get_args(hint) else hint
+            raise InternalError(f"internal error in {name} ({type(error).__name__}); the server log has the details"
+                                ) from error

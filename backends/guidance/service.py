@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backends.core.service import Service, ServiceError, endpoint
+from backends.core.service import Service, ServiceError
 from backends.guidance.adapters import EMBEDDED_MODEL, HUB_MODELS, GuidedModel, load_guided_model
+from backends.guidance.api import GuidanceAPI
 from backends.guidance.headhunter import SearchSettings, head_hunter
 from backends.guidance.objectives import OBJECTIVES, objectives_for, per_sample
 from backends.guidance.sampler import CancelledError, guided_sample
@@ -61,10 +62,9 @@ def image_grid(images: torch.Tensor, pad: int = GRID_PAD) -> tuple[Image.Image, 
     return Image.fromarray(canvas), {"rows": rows, "cols": cols, "tile": tile, "pad": pad}
 
 
-class GuidanceService(Service):
+class GuidanceService(GuidanceAPI, Service):
     """Per-head perturbation guidance (SoftPAG) with CFG, and HeadHunter head search."""
 
-    panel = "guidance"
     default_model = EMBEDDED_MODEL
     known_models: ClassVar[tuple[str, ...]] = (EMBEDDED_MODEL, *HUB_MODELS)
 
@@ -100,18 +100,14 @@ class GuidanceService(Service):
         if self._cancel.is_set():
             raise CancelledError
 
-    @endpoint("json")
     def guidance_layout(self, model: str = "") -> dict:
-        """The model's attention grid (layers × heads), its conditioning (classes or prompt) and objectives."""
         guided = self.model(model)
         return {**guided.describe(), "objectives": {name: OBJECTIVES[name] for name in objectives_for(guided)}}
 
-    @endpoint("image", "json")
     def guidance_sample(
         self, model: str = "", label: str = "Sneaker", n: int = 8, seed: int = 0, steps: int = 20,
         cfg_scale: float = 1.0, pag_scale: float = 3.0, heads: str = "none", u: float = 1.0,
     ) -> tuple[Image.Image, dict]:
-        """A grid of ``n`` samples (seeds seed … seed+n−1) guided by CFG and SoftPAG on ``heads`` ("2.1,3.0")."""
         for name, value in (("n", n), ("steps", steps), ("cfg_scale", cfg_scale), ("pag_scale", pag_scale), ("u", u)):
             check_range(name, value)
         if not label.strip():
@@ -142,12 +138,10 @@ class GuidanceService(Service):
             "seconds": round(time.perf_counter() - start, 3),
         }
 
-    @endpoint("json")
     def guidance_search(
         self, model: str = "", label: str = "Sneaker", seeds: int = 4, rounds: int = 1, top_k: int = 3,
         u: float = 1.0, pag_scale: float = 3.0, cfg_scale: float = 1.0, steps: int = 20, objective: str = "confidence",
     ) -> dict:
-        """HeadHunter: greedy rounds that keep the ``top_k`` heads whose perturbation best serves ``objective``."""
         for name, value in (("seeds", seeds), ("rounds", rounds), ("steps", steps), ("cfg_scale", cfg_scale),
                             ("pag_scale", pag_scale), ("u", u)):
             check_range(name, value)
@@ -169,14 +163,10 @@ class GuidanceService(Service):
         with self._job("guidance_search", 0):
             return {"model": guided.name, **head_hunter(guided, settings, self._report)}
 
-    @endpoint("json")
     def guidance_progress(self) -> dict:
-        """What the service is computing now: endpoint, steps done of total, message."""
         return dict(self._progress)
 
-    @endpoint("json")
     def guidance_cancel(self) -> dict:
-        """Stop the running sampling or search after its current step (a search keeps the heads chosen so far)."""
         running = self._progress.get("running")
         if running:
             self._cancel.set()

@@ -21,9 +21,10 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from backends.core.service import Service, ServiceError, endpoint
+from backends.core.service import Service, ServiceError
 from backends.heads import bertviz_view, render
 from backends.heads.ablation import ablation_report, require_causal
+from backends.heads.api import HeadsAPI
 from backends.heads.attention import (
     CaptureLayers,
     HeadStats,
@@ -72,10 +73,9 @@ class AttentionMap:
     meta: dict
 
 
-class HeadsService(Service):
+class HeadsService(HeadsAPI, Service):
     """Attention maps of transformer language models: per-head stats, model view, heatmaps, rollout, bertviz."""
 
-    panel = "heads"
     default_model = SMOLLM2
     known_models = EMBEDDED_MODELS
     max_cached_analyses = 4
@@ -90,14 +90,7 @@ class HeadsService(Service):
         return load_language_model(model_id, device=self.device, dtype=self.dtype)
 
     # -- endpoints ----------------------------------------------------------------------------------------------------
-    @endpoint("json")
-    def heads_analyze(self, model: str, text: str) -> dict:
-        """Tokens, model shape (layers, heads, KV heads and their groups) and per-head statistics of a text.
-
-        Statistics per head, as ``[layer][head]`` grids averaged over query rows: ``entropy`` (nats),
-        ``entropy_fraction`` (of a uniform row: 0 = focused, 1 = spread evenly), ``max_weight`` and ``first_token``
-        (attention to the first token, the usual "sink"). ``truncated`` says when the text was cut to the limit.
-        """
+    def heads_analyze(self, model: str = "", text: str = "") -> dict:
         analysis = self._analysis(model, text)
         lm, tokenized = analysis.lm, analysis.tokenized
         return {
@@ -119,35 +112,27 @@ class HeadsService(Service):
             "seconds": analysis.seconds,
         }
 
-    @endpoint("image", "json")
-    def heads_model_view(self, model: str, text: str, hide_first_token: int = 0) -> tuple[Image.Image, dict]:
-        """Every head of every layer as one compact image (layers = rows, heads = columns, each map shrunk and
-        scaled to its own maximum), plus the grid's pixel layout for mapping a click to (layer, head)."""
+    def heads_model_view(self, model: str = "", text: str = "", hide_first_token: int = 0) -> tuple[Image.Image, dict]:
         figure, layout = self._model_view_figure(model, text, bool(hide_first_token))
         return render.figure_png(figure), layout.as_dict()
 
-    @endpoint("image")
     def heads_map(
-        self, model: str, text: str, view: str = "head", layer: int = 0, head: int = 0, hide_first_token: int = 0
+        self, model: str = "", text: str = "", view: str = "head", layer: int = 0, head: int = 0,
+        hide_first_token: int = 0,
     ) -> Image.Image:
-        """A heatmap with token labels: ``view`` "head" (one head of ``layer``), "mean" (mean over the heads of
-        ``layer``) or "rollout" (attention rollout over all layers); rows are queries, columns keys."""
         attention_map = self._attention_map(model, text, view, int(layer), int(head))
         return render.figure_png(self._map_figure(model, text, attention_map, bool(hide_first_token)))
 
-    @endpoint("json")
     def heads_export(
         self,
-        model: str,
-        text: str,
+        model: str = "",
+        text: str = "",
         figure: str = "head",
         fmt: str = "png",
         layer: int = 0,
         head: int = 0,
         hide_first_token: int = 0,
     ) -> dict:
-        """A figure ("model", "head", "mean", "rollout") as PNG or SVG, or a map's matrix with its tokens as JSON or
-        CSV. Returns ``filename``, ``mime``, ``encoding`` ("utf-8" or "base64" for PNG) and ``content``."""
         fmt = (fmt or "").lower()
         if figure not in FIGURES:
             raise ServiceError(f"unknown figure {figure!r}; use one of {FIGURES}")
@@ -177,10 +162,7 @@ class HeadsService(Service):
         render.figure_png(drawn).save(buffer, format="png", optimize=True)
         return _export(f"{name}.png", fmt, base64.b64encode(buffer.getvalue()).decode("ascii"), "base64")
 
-    @endpoint("json")
-    def heads_bertviz(self, model: str, text: str, view: str = "head") -> dict:
-        """bertviz's interactive ``view`` ("head" or "model") as a self-contained offline HTML page (short inputs
-        only: bertviz writes every weight into the page). Embed ``document`` in an iframe ``srcdoc``."""
+    def heads_bertviz(self, model: str = "", text: str = "", view: str = "head") -> dict:
         analysis = self._analysis(model, text)
         lm, tokens = analysis.lm, analysis.tokenized.tokens
         if not bertviz_view.fits_bertviz(lm.n_layers, lm.n_heads, len(tokens)):
@@ -285,31 +267,18 @@ class HeadsService(Service):
     # -- head-type scores, ablation lab, generation stepper (issue 3) -------------------------------------------------
     _probe_scores = ProbeScoreCache()  # probe-based scores depend on the model only: computed once per model
 
-    @endpoint("json")
-    def heads_scores(self, model: str, text: str) -> dict:
-        """Head-type scores, each ``scores[name]`` a ``[layer][head]`` grid: ``previous_token``, ``duplicate``,
-        ``induction`` (TransformerLens templates on repeated random tokens), ``retrieval`` (Wu et al., needle
-        prompts), ``successor`` (Gould et al., OV circuit on ordinal sequences), ``sink``, ``waad``, ``fai`` (on the
-        text). Also the templates on the text, RazorAttention's per-KV-head split, the probes and explanations.
-        Probe-based scores are computed on the first call for a model (seconds on a CPU) and cached."""
+    def heads_scores(self, model: str = "", text: str = "") -> dict:
         analysis = self._analysis(model, text)
         found = head_scores(analysis.lm, analysis.text_scores, self._probe_scores.get(analysis.lm))
         return {**found, "tokens": analysis.tokenized.tokens, "truncated": analysis.tokenized.truncated}
 
-    @endpoint("json")
-    def heads_ablate(self, model: str, text: str, heads: str, mode: str = "uniform") -> dict:
-        """Ablate ``heads`` ("layer.head" list, "layer.*" for a whole layer) in ``mode`` ("zero", "uniform" or
-        "mean") on a causal model: ``kl`` (last token), ``loss_before``/``loss_after``, ``top_before``/``top_after``,
-        ``generation_before``/``generation_after`` (greedy), ``kl_per_position`` and ``attention_influence`` (relative
-        loss change when the top 5 % retrieval heads attend uniformly)."""
+    def heads_ablate(self, model: str = "", text: str = "", heads: str = "", mode: str = "uniform") -> dict:
         text, lm = clean_text(text), self.model(model)
         require_causal(lm)
         retrieval = self._probe_scores.get(lm)["scores"]["retrieval"]
         return ablation_report(lm, text, heads, mode, retrieval)
 
-    @endpoint("json")
-    def heads_generate(self, model: str, text: str, n_tokens: int = 12) -> dict:
-        """Generate ``n_tokens`` (1–64) greedily; per step, each head's top-3 attended positions and weights."""
+    def heads_generate(self, model: str = "", text: str = "", n_tokens: int = 12) -> dict:
         return generate_with_attention(self.model(model), clean_text(text), int(n_tokens))
 
 

@@ -13,8 +13,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from backends.core.service import Service, ServiceError, endpoint
+from backends.core.service import Service, ServiceError
 from backends.restoration.adapters import EMBEDDED_ID, EmbeddedRestorer, RestorerAdapter
+from backends.restoration.api import RestorationAPI
 from backends.restoration.classical import BASELINES, degradation_cues
 from backends.restoration.evaluate import psnr_ssim, to_array, to_tensor
 from backends.restoration.hub import HUB_ID, InstructIRRestorer
@@ -27,10 +28,9 @@ LOW_CONFIDENCE = 0.5
 IDENTICAL_PSNR = 100.0  # PSNR reported for identical images (instead of infinity, which JSON cannot hold)
 
 
-class RestorationService(Service):
+class RestorationService(RestorationAPI, Service):
     """Prompt-guided restoration (noise, haze, rain) with prompt understanding and classical baselines."""
 
-    panel = "restoration"
     default_model = EMBEDDED_ID
     known_models = (EMBEDDED_ID, HUB_ID)
     half_precision_safe = False
@@ -114,10 +114,7 @@ class RestorationService(Service):
         return array, restored, summary, clean
 
     # -- API ----------------------------------------------------------------------------------------------------
-    @endpoint("json")
     def understand(self, image: Image.Image | None = None, prompt: str = "", model: str = "") -> dict:
-        """Which degradation (noise, haze, rain or none) the instruction is understood as, with a confidence —
-        before restoring. An empty instruction gets a suggestion (guessed from the image when one is given)."""
         prompt = self._clean_prompt(prompt)
         array = prepare_image(image)[0] if image is not None else None
         if not prompt:
@@ -125,22 +122,13 @@ class RestorationService(Service):
         restorer = self.model(model)
         return {"prompt": prompt, "model": restorer.name, **self._understanding(restorer, prompt)}
 
-    @endpoint("image", "json")
     def restore(self, image: Image.Image | None, prompt: str = "", model: str = "",
                 reference: Image.Image | None = None) -> tuple[Image.Image, dict]:
-        """Restore ``image`` as the instruction ``prompt`` asks. The JSON has ``degradation`` (noise, haze, rain or
-        none), ``confidence``, the class probabilities, timing and — when the clean ``reference`` is given —
-        ``psnr``/``ssim`` of the result (and ``input_psnr``/``input_ssim`` of the input)."""
         _, restored, summary, _ = self._restore(image, prompt, model, reference)
         return to_pil(restored), summary
 
-    @endpoint("image", "image", "image", "json")
     def restore_compare(self, image: Image.Image | None, prompt: str = "", model: str = "",
                         reference: Image.Image | None = None) -> tuple[Image.Image, Image.Image, Image.Image, dict]:
-        """As ``restore``, plus the classical baseline for the understood degradation (non-local means with an
-        estimated σ, dark channel prior, or guided-filter low-pass) with its time and, given the reference, its
-        PSNR/SSIM. Returns the input as the model saw it (RGB, maybe downscaled), the restored image, the baseline
-        image (the input when the degradation is 'none') and the JSON."""
         array, restored, summary, clean = self._restore(image, prompt, model, reference)
         degradation = summary["degradation"]
         started = time.perf_counter()

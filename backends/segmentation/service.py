@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from backends.core.cache import LRUCache
-from backends.core.service import Service, ServiceError, endpoint
+from backends.core.service import Service, ServiceError
+from backends.segmentation.api import SegmentationAPI
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
 from backends.segmentation.export import encode_rle, mask_image, overlay
 from backends.segmentation.hub import HUB_ID, HubSegmenter
@@ -68,10 +69,9 @@ def prepare_image(image: Image.Image | None) -> tuple[Image.Image, float, list[s
     return image, scale, notes
 
 
-class SegmentationService(Service):
+class SegmentationService(SegmentationAPI, Service):
     """Referring segmentation from text, clicks and a box, and the tasks derived from the mask."""
 
-    panel = "segmentation"
     default_model = EMBEDDED_ID
     known_models = (EMBEDDED_ID, HUB_ID)
     half_precision_safe = False
@@ -154,31 +154,21 @@ class SegmentationService(Service):
         summary["seconds"] = round(time.perf_counter() - started, 4)
         return Result(query, prediction, chosen, mask, detections, summary)
 
-    @endpoint("image", "json")
     def segment(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
                 model: str = "") -> tuple[Image.Image, dict]:
-        """Mask for an expression and/or clicks ``[[x, y, 1|0], …]`` and a box ``[x0, y0, x1, y1]``, plus the
-        tasks derived from it: score, detection boxes, count, grounding box and presence."""
         result = self._answer(image, expression, points, box, model)
         return mask_image(result.mask), result.summary
 
-    @endpoint("image", "image", "json")
     def segment_view(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
                      model: str = "", threshold: float = 0.5, candidate: int = -1) -> tuple[Image.Image, Image.Image,
                                                                                            dict]:
-        """As ``segment`` with a threshold and a candidate (-1 = best score); returns the overlay (mask tint,
-        contours, boxes, clicks), the mask and the JSON with the COCO RLE of the mask."""
         result = self._answer(image, expression, points, box, model, threshold, candidate)
         summary = {**result.summary, "rle": encode_rle(result.mask)}
         picture = overlay(result.query.image, result.mask, result.detections, result.query.points, result.query.box)
         return picture, mask_image(result.mask), summary
 
-    @endpoint("image", "json")
     def segment_attention(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
                           layer: int = -1, head: int = -1, token: int = 1) -> tuple[Image.Image, dict]:
-        """Where text token ``token`` of the expression looks, in fusion layer ``layer`` (-1 = last) and head
-        ``head`` (-1 = mean over heads) of the embedded model: its words→objects attention painted on the objects,
-        relative to the largest weight, which may go to "nothing" (reported as ``nothing``)."""
         query, _, _ = self._query(image, expression, points, box)
         if not query.expression:
             raise ServiceError("Type an expression to see where its words look.")

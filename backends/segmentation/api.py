@@ -1,0 +1,73 @@
+"""The referring-segmentation panel's public API (torch-free; implemented by :mod:`backends.segmentation.service`)."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from backends.core.api import PanelAPI, endpoint
+
+
+class SegmentationAPI(PanelAPI):
+    """Text and/or clicks and a box → a mask, with RemoteSAM's tasks derived from it."""
+
+    panel = "segmentation"
+
+    @endpoint(mask="image", result="json")
+    def segment(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
+                model: str = "") -> tuple[Image.Image, dict]:
+        """Segment what an expression, clicks and/or a box point at, with the tasks derived from the mask.
+
+        Args:
+            image: the photo or scene (any mode; converted to RGB, large images downscaled)
+            expression: a referring expression, e.g. "the red bag"; may be empty when clicks or a box are given
+            points: clicks as JSON [[x, y, 1 (include) or 0 (exclude)], ...] in image pixels, or empty
+            box: a box as JSON [x0, y0, x1, y1] in image pixels, or empty
+            model: "" for the embedded segmenter, or a hub id (see spaces.yml)
+
+        Returns:
+            mask: the binary mask as a PNG, 0 (background) or 255 (the object), at the image's size
+            result: score, candidates, detection boxes, count, grounding_box, present, presence_score, area, notes
+        """
+        ...
+
+    @endpoint(overlay="image", mask="image", result="json")
+    def segment_view(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
+                     model: str = "", threshold: float = 0.5, candidate: int = -1) -> tuple[Image.Image, Image.Image,
+                                                                                           dict]:
+        """As segment, with a threshold and a choice of candidate, plus an overlay and the mask's COCO RLE.
+
+        Args:
+            image: the photo or scene (any mode; converted to RGB, large images downscaled)
+            expression: a referring expression; may be empty when clicks or a box are given
+            points: clicks as JSON [[x, y, 1 or 0], ...] in image pixels, or empty
+            box: a box as JSON [x0, y0, x1, y1] in image pixels, or empty
+            model: "" for the embedded segmenter, or a hub id
+            threshold: probability above which a pixel belongs to the mask, strictly between 0 and 1
+            candidate: which of the candidate masks to show, -1 for the best-scoring one
+
+        Returns:
+            overlay: the image with the mask tinted, its contour, the detection boxes, the clicks and the box
+            mask: the binary mask as a PNG (0/255)
+            result: as segment's result, plus "rle" (COCO run-length encoding of the mask)
+        """
+        ...
+
+    @endpoint(heatmap="image", result="json")
+    def segment_attention(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
+                          layer: int = -1, head: int = -1, token: int = 1) -> tuple[Image.Image, dict]:
+        """Where one word of the expression looks: a fusion head's words→objects attention painted on the objects.
+
+        Args:
+            image: the photo or scene
+            expression: a referring expression (needed: its tokens are what attends)
+            points: clicks as JSON [[x, y, 1 or 0], ...], or empty
+            box: a box as JSON [x0, y0, x1, y1], or empty
+            layer: the embedded model's fusion layer, -1 for the last
+            head: the head of that layer, -1 for the mean over heads
+            token: the index of the expression's token whose attention is shown
+
+        Returns:
+            heatmap: the image with each object tinted by the weight it receives, relative to the largest weight
+            result: tokens, layer, head, per-object weights and the weight given to "nothing"
+        """
+        ...
