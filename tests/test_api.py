@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from backends.core.api_docs import README, readme_with_reference
 from backends.core.registry import APIS, api_class
@@ -89,6 +91,14 @@ def test_readme_snippet_runs_verbatim(app_url: str, index: int, tmp_path: Path, 
 
 def test_keyword_calls_and_omitted_optionals(app_url: str, tmp_path: Path):
     client = Client(app_url, verbose=False)
+    scene = tmp_path / "scene.png"
+    Image.fromarray((np.random.default_rng(1).random((80, 120, 3)) * 255).astype(np.uint8)).save(scene)
+    mask_path, result = client.predict(image=handle_file(str(scene)), box="[10, 10, 60, 50]", api_name="/segment")
+    mask = np.asarray(Image.open(mask_path))
+    assert mask.shape == (80, 120) and set(np.unique(mask)) <= {0, 255} and isinstance(result, dict)
+    restored_path, result = client.predict(image=handle_file(str(scene)), prompt="remove the noise",
+                                           api_name="/restore")
+    assert Image.open(restored_path).size == (120, 80) and result["degradation"] == "noise"
     understood = client.predict(prompt="please remove the rain", api_name="/understand")
     assert understood["degradation"] == "rain"
     assert client.predict(api_name="/restoration_info")["panel"] == "restoration"
