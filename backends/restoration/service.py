@@ -39,6 +39,7 @@ LOW_CONFIDENCE = 0.5
 IDENTICAL_PSNR = 100.0  # PSNR reported for identical images (instead of infinity, which JSON cannot hold)
 CBM3D_SECONDS = (8.0, 40.0)  # CBM3D's rough time here (start-up s, s per megapixel), for the progress estimate
 POLL_SECONDS = 0.1
+MAX_CBM3D_PIXELS = 1024 * 1024  # larger areas would take minutes: the comparison asks for a region instead
 ROOT = Path(__file__).resolve().parents[2]
 CBM3D_CHILD = ("import sys, numpy as np; from backends.restoration.classical import denoise_cbm3d; "
                "np.save(sys.argv[2], denoise_cbm3d(np.load(sys.argv[1]), float(sys.argv[3])))")
@@ -336,7 +337,8 @@ class RestorationService(Service):
     @endpoint("image", "json")
     def compare_cbm3d(self, image: Image.Image | None, reference: Image.Image | None = None, region: str = "",
                       region_mask: Image.Image | None = None, job: str = "") -> tuple[Image.Image, dict]:
-        """Denoise with CBM3D, the strongest classical denoiser (slow: about 16 s per 512² image on a CPU core).
+        """Denoise with CBM3D, the strongest classical denoiser (slow: about 16 s per 512² image on a CPU core; at most
+        1024² px, the whole image or the region's box).
 
         Args:
             image: the noisy image.
@@ -354,6 +356,9 @@ class RestorationService(Service):
         where = self._region(prepared, image.size, region, region_mask)
         array = prepared.pixels.astype(np.float64)
         top, bottom, left, right = (0, array.shape[0], 0, array.shape[1]) if where is None else where.bounds()
+        if (bottom - top) * (right - left) > MAX_CBM3D_PIXELS:
+            raise ServiceError(f"CBM3D would take minutes on {right - left}×{bottom - top} px; compare on a region "
+                               f"(a box or words) or a crop of at most {MAX_CBM3D_PIXELS // 1024}×1024 px.")
         sigma = estimate_noise_sigma(array[top:bottom, left:right])  # σ of what CBM3D denoises
         name = STRONGEST_BASELINES["noise"][0]
         job = job or f"anonymous-{threading.get_ident()}"
