@@ -125,17 +125,19 @@ def bench_speed(weights: Path, repeats: int, threads: int) -> dict:
 
 
 def bench_quality(weights: Path, max_side: int, names: tuple[str, ...] = HELDOUT_NAMES,
-                  cases: tuple[str, ...] | None = None) -> dict:
+                  cases: tuple[str, ...] | None = None, first_index: int = 0) -> dict:
     """Held-out evaluation with MiniLM embedding the instructions and CBM3D as the strongest classical denoiser,
-    plus NLM with an estimated σ at σ = 25 (as the panel runs it, the true σ being unknown there)."""
+    plus NLM with an estimated σ at σ = 25 (as the panel runs it, the true σ being unknown there); ``first_index``
+    as in ``evaluate_heldout``."""
     models = load_models(weights)
     encoder = MiniLMEncoder()
     quality = evaluate_heldout(models.restorer, models.classifier, lambda sentences: encoder(sentences).pooled,
                                max_side=max_side, names=names, cases=cases,
-                               anchors=InstructionAnchors.load(ASSETS / INSTRUCTIONS_FILE, encoder), strongest=True)
+                               anchors=InstructionAnchors.load(ASSETS / INSTRUCTIONS_FILE, encoder), strongest=True,
+                               first_index=first_index)
     case_index = [name for name, _, _ in CASES].index("noise25")
     blind = []
-    for image_index, clean in enumerate(heldout_images(max_side, names).values()):
+    for image_index, clean in enumerate(heldout_images(max_side, names).values(), start=first_index):
         noisy = degraded_case(clean, "noise", 25.0, seed=1000 * image_index + case_index)  # as evaluate_heldout
         blind.append(psnr_ssim(clean / 255.0, denoise_nlm(noisy))[0])
     quality["nlm_estimated_sigma_noise25_psnr"] = float(np.mean(blind))

@@ -81,14 +81,16 @@ def prompt_accuracy(classifier: PromptClassifier, embed: Embed) -> dict:
 def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed: Embed, max_side: int = 512,
                      with_baselines: bool = True, names: tuple[str, ...] = HELDOUT_NAMES,
                      cases: tuple[str, ...] | None = None, anchors: InstructionAnchors | None = None,
-                     strongest: bool = False) -> dict:
+                     strongest: bool = False, first_index: int = 0) -> dict:
     """Mean PSNR/SSIM per case (all ``CASES`` unless ``cases`` names some) on the held-out images ``names``: input,
     model (held-out paraphrase), model with a wrong instruction, and the fast classical baseline (with the mean and
     worst of the model's margin over it, the image of the worst and the share of images won); the share of images
     the model leaves below their degraded input; identity fidelity with an off-task instruction; prompt accuracy.
     With ``strongest`` also the strongest classical method where it is a different one (CBM3D for noise, given the
     true σ) and the margins over it (``strongest_`` keys). With ``anchors`` the restorer is steered as the app steers
-    it (nearest training instruction of the understood task); without, by the paraphrase's own embedding."""
+    it (nearest training instruction of the understood task); without, by the paraphrase's own embedding.
+    ``first_index`` is the position of ``names[0]`` in a larger set split into slices (it picks the seeds and the
+    paraphrases, so slices evaluated apart give the whole set's numbers)."""
     started = time.time()
     restorer.eval()
     paraphrases = heldout_paraphrases()
@@ -99,7 +101,7 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
 
     images = heldout_images(max_side, names)
     rows: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in CASES if cases is None or name in cases}
-    for image_index, clean_uint8 in enumerate(images.values()):
+    for image_index, clean_uint8 in enumerate(images.values(), start=first_index):
         clean = clean_uint8.astype(np.float64) / 255.0
         for case_index, (case, task, sigma) in enumerate(CASES):
             if case not in rows:
