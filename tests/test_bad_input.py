@@ -21,6 +21,7 @@ from backends.core.service import InternalError, ServiceError
 
 SCENE = Image.fromarray((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8))
 TEXT = "The cat sat on the mat. The cat"
+SMALL = Image.fromarray(np.asarray(SCENE)[:24, :24])  # for the slow CBM3D comparison
 
 #: a cheap, valid call of each endpoint; the sweep varies one argument at a time
 BASELINES = {
@@ -38,8 +39,10 @@ BASELINES = {
     "segment": (SCENE, "the bag", "", "", ""),
     "segment_attention": (SCENE, "the bag", "", "", -1, -1, 1),
     "segment_view": (SCENE, "the bag", "", "", "", 0.5, -1),
-    "restore": (SCENE, "remove the noise", "", None),
-    "restore_compare": (SCENE, "remove the noise", "", None),
+    "restore": (SCENE, "remove the noise", "", None, "", None),
+    "restore_compare": (SCENE, "remove the noise", "", None, "", None),
+    "restoration_region": (SCENE, "[10, 10, 60, 50]", None),
+    "compare_cbm3d": (SMALL, None, "", None, ""),
     "understand": (SCENE, "remove the noise", ""),
 }
 NO_INPUT = {"cancel", "progress"}

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 from backends.core.client import LocalClient
+from backends.core.images import MAX_SIDE, prepare_image, to_pil
 from backends.core.service import ServiceError
 from backends.restoration.adapters import EMBEDDED_ID
 from backends.restoration.evaluate import degraded_case
 from backends.restoration.images import heldout_images
-from backends.restoration.inputs import MAX_SIDE, prepare_image, to_pil
 from backends.restoration.prompts import TASKS, training_templates
 from backends.restoration.service import RestorationService
 
@@ -105,7 +105,7 @@ def test_bad_images_are_refused_clearly(service: RestorationService, noisy: Imag
 
 
 def test_huge_images_are_downscaled_with_a_note():
-    array, notes = prepare_image(Image.new("RGB", (3000, 600), (10, 20, 30)))
+    array, _, notes = prepare_image(Image.new("RGB", (3000, 600), (10, 20, 30)))
     assert max(array.shape[:2]) == MAX_SIDE and "downscaled" in notes[0]
 
 

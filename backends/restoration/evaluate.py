@@ -14,7 +14,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from backends.restoration.anchors import InstructionAnchors
-from backends.restoration.classical import BASELINES
+from backends.restoration.classical import BASELINES, STRONGEST_BASELINES
 from backends.restoration.degrade import degrade
 from backends.restoration.images import HELDOUT_NAMES, heldout_images
 from backends.restoration.model import PromptClassifier, TextPromptIR
@@ -80,12 +80,17 @@ def prompt_accuracy(classifier: PromptClassifier, embed: Embed) -> dict:
 
 def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed: Embed, max_side: int = 512,
                      with_baselines: bool = True, names: tuple[str, ...] = HELDOUT_NAMES,
-                     cases: tuple[str, ...] | None = None, anchors: InstructionAnchors | None = None) -> dict:
+                     cases: tuple[str, ...] | None = None, anchors: InstructionAnchors | None = None,
+                     strongest: bool = False, first_index: int = 0) -> dict:
     """Mean PSNR/SSIM per case (all ``CASES`` unless ``cases`` names some) on the held-out images ``names``: input,
-    model (held-out paraphrase), model with a wrong instruction, and the classical baseline (with the mean, worst and
-    share of images won of the model's margin over it); identity fidelity with an off-task instruction; prompt
-    accuracy. With ``anchors`` the restorer is steered as the app steers it (nearest training instruction of the
-    understood task); without, by the paraphrase's own embedding."""
+    model (held-out paraphrase), model with a wrong instruction, and the fast classical baseline (with the mean and
+    worst of the model's margin over it, the image of the worst and the share of images won); the share of images
+    the model leaves below their degraded input; identity fidelity with an off-task instruction; prompt accuracy.
+    With ``strongest`` also the strongest classical method where it is a different one (CBM3D for noise, given the
+    true σ) and the margins over it (``strongest_`` keys). With ``anchors`` the restorer is steered as the app steers
+    it (nearest training instruction of the understood task); without, by the paraphrase's own embedding.
+    ``first_index`` is the position of ``names[0]`` in a larger set split into slices (it picks the seeds and the
+    paraphrases, so slices evaluated apart give the whole set's numbers)."""
     started = time.time()
     restorer.eval()
     paraphrases = heldout_paraphrases()
@@ -96,7 +101,7 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
 
     images = heldout_images(max_side, names)
     rows: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in CASES if cases is None or name in cases}
-    for image_index, clean_uint8 in enumerate(images.values()):
+    for image_index, clean_uint8 in enumerate(images.values(), start=first_index):
         clean = clean_uint8.astype(np.float64) / 255.0
         for case_index, (case, task, sigma) in enumerate(CASES):
             if case not in rows:
@@ -113,6 +118,8 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
             if with_baselines:
                 _, baseline = BASELINES[task]
                 outputs["baseline"] = baseline(degraded, sigma) if task == "noise" else baseline(degraded)
+            if strongest and task in STRONGEST_BASELINES:
+                outputs["strongest"] = STRONGEST_BASELINES[task][1](degraded, sigma)
             for key, output in outputs.items():
                 psnr, ssim = psnr_ssim(clean, output)
                 rows[case].setdefault(f"{key}_psnr", []).append(psnr)
@@ -121,15 +128,23 @@ def evaluate_heldout(restorer: TextPromptIR, classifier: PromptClassifier, embed
         identity = to_array(run_restorer(restorer, to_tensor(clean_uint8), off_task))
         rows.setdefault("none_identity", {}).setdefault("model_psnr", []).append(psnr_ssim(clean, identity)[0])
     summary = {case: {key: float(np.mean(values)) for key, values in metrics.items()} for case, metrics in rows.items()}
-    if with_baselines:
-        for case in (name for name, _, _ in CASES if name in rows):
-            margins = np.subtract(rows[case]["model_psnr"], rows[case]["baseline_psnr"])
-            summary[case].update(margin_db=float(margins.mean()), worst_margin_db=float(margins.min()),
-                                 model_wins=float((margins > 0).mean()))
+    for case in (name for name, _, _ in CASES if name in rows):
+        below = np.less(rows[case]["model_psnr"], rows[case]["input_psnr"])
+        summary[case]["model_below_input"] = float(below.mean())
+        for prefix, baseline_key in (("", "baseline_psnr"), ("strongest_", "strongest_psnr")):
+            if baseline_key not in rows[case]:
+                continue
+            margins = np.subtract(rows[case]["model_psnr"], rows[case][baseline_key])
+            summary[case].update({f"{prefix}margin_db": float(margins.mean()),
+                                  f"{prefix}worst_margin_db": float(margins.min()),
+                                  f"{prefix}model_wins": float((margins > 0).mean()),
+                                  f"{prefix}worst_image": list(images)[int(margins.argmin())]})
     return {
         "images": list(images),
         "max_side": max_side,
         "baselines": {task: BASELINES[task][0] for task in RESTORATION_TASKS} if with_baselines else None,
+        "strongest_baselines": ({task: name for task, (name, _) in STRONGEST_BASELINES.items()}
+                                if with_baselines and strongest else None),
         "cases": summary,
         "prompt_understanding": prompt_accuracy(classifier, embed),
         "seconds": time.time() - started,

@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                                with_baselines=not args.no_baselines, anchors=InstructionAnchors(table))
     write_report({"heldout": heldout})
     for case, metrics in heldout["cases"].items():
-        print(case, {key: round(value, 3) for key, value in metrics.items()}, flush=True)
+        print(case, {key: round(value, 3) if isinstance(value, float) else value for key, value in metrics.items()},
+              flush=True)
     print("prompt understanding", heldout["prompt_understanding"], flush=True)
     print(f"done in {time.time() - started:.0f}s; files in {args.out}", flush=True)
 

@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from backends.core.cache import LRUCache
+from backends.core.images import MAX_SIDE as MAX_SIDE  # the panel's limit, re-exported
+from backends.core.images import prepare_image, to_pil
 from backends.core.service import Service, ServiceError
 from backends.segmentation.api import SegmentationAPI
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
@@ -24,8 +26,6 @@ from backends.segmentation.hub import HUB_ID, HubSegmenter
 from backends.segmentation.query import Prediction, Query, SegmentationModel, parse_box, parse_points
 from backends.segmentation.tasks import PRESENCE_THRESHOLD, Detection, detect, grounding_box, presence_score
 
-MAX_SIDE = 2048
-MIN_SIDE = 8
 HEATMAP_RGB = np.array([255, 40, 0], np.float32)
 
 
@@ -39,34 +39,6 @@ class Result:
     mask: np.ndarray
     detections: list[Detection]
     summary: dict
-
-
-def prepare_image(image: Image.Image | None) -> tuple[Image.Image, float, list[str]]:
-    """An RGB image no larger than MAX_SIDE, the scale applied and notes on what was changed."""
-    if image is None:
-        raise ServiceError("Please upload an image or pick an example.")
-    notes = []
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-        notes.append("transparent parts were put on white")
-    if image.mode in ("I", "I;16", "F"):
-        values = np.asarray(image, np.float32)
-        span = float(values.max() - values.min()) or 1.0
-        image = Image.fromarray(((values - values.min()) / span * 255).astype(np.uint8))
-    if image.mode in ("L", "1", "I", "F", "I;16"):
-        notes.append("grayscale image converted to RGB")
-    image = image.convert("RGB")
-    width, height = image.size
-    if min(width, height) < MIN_SIDE:
-        raise ServiceError(f"The image is too small ({width}×{height}); give one at least {MIN_SIDE} px a side.")
-    scale = 1.0
-    if max(width, height) > MAX_SIDE:
-        scale = MAX_SIDE / max(width, height)
-        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
-        notes.append(f"downscaled from {width}×{height} to {image.width}×{image.height}; coordinates in the "
-                     f"answer refer to the downscaled image (scale {scale:.4f})")
-    return image, scale, notes
 
 
 class SegmentationService(SegmentationAPI, Service):
@@ -103,8 +75,8 @@ class SegmentationService(SegmentationAPI, Service):
         return HubSegmenter.from_pretrained(model_id, self.device)
 
     def _query(self, image: Image.Image | None, expression: str, points: str, box: str) -> tuple[Query, float, list]:
-        prepared, scale, notes = prepare_image(image)
-        width, height = (round(v / scale) for v in prepared.size)
+        pixels, scale, notes = prepare_image(image)
+        prepared, (width, height) = to_pil(pixels), image.size
         clicks, click_notes = parse_points(points or "", width, height)
         given_box = parse_box(box or "", width, height)
         expression = (expression or "").strip()
