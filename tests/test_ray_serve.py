@@ -1,0 +1,149 @@
+"""Panels as Ray Serve applications on a local Ray instance (2 CPUs) that this module starts and stops.
+
+The echo service checks the protocol over both transports (DeploymentHandle and Serve's HTTP ingress): results,
+images, each kind of bad input, the application going away and coming back. The restoration panel with 2 replicas
+checks faults: a replica killed under load loses no request, and Serve replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backends.core.config import RayDeployment
+from backends.core.ray_client import RayClient
+from backends.core.service import BackendUnavailableError, ServiceError
+from tests.conftest import free_port
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+serve_ray = pytest.importorskip("backends.serve.ray")
+
+ECHO = "tests.echo_service:EchoService"
+TRANSPORTS = ("handle", "http")
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def ray_url(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local Ray instance with Serve's HTTP ingress on a free loopback port; torch threads 1 per replica."""
+    monkeypatch_module.setenv("HEADLAB_TORCH_THREADS", "1")
+    url = f"http://127.0.0.1:{free_port()}"
+    serve_ray.start_serve(url, num_cpus=2)
+    yield url
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def echo(ray_url: str) -> RayDeployment:
+    """The echo service deployed as the application "echo" (1 small replica)."""
+    deployment = RayDeployment(replicas=1, num_cpus=0.25, url=ray_url)
+    serve_ray.deploy("echo", deployment, ECHO)
+    return deployment
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_results_images_and_health(echo: RayDeployment, transport: str):
+    client = RayClient("echo", echo, transport=transport)
+    assert client.call("echo_text", "", "ab", 3) == {"model": "echo", "text": "ababab"}
+    image = Image.fromarray(np.arange(4 * 3 * 3, dtype=np.uint8).reshape(3, 4, 3))
+    mirrored, meta = client.call("mirror", image, "echo")
+    assert meta == {"size": [4, 3], "mode": "RGB"}
+    assert np.array_equal(np.asarray(mirrored), np.asarray(image)[:, ::-1])
+    info = client.info()
+    assert info["status"] == "ok" and "echo" in info["loaded_models"]  # loaded through @serve.multiplexed
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("echo_text", "", "", 2), "^Please type some text.$"),
+        (("echo_text", "no-such-model", "a", 1), "^unknown model 'no-such-model'$"),
+        (("mirror", None, ""), "^Please give an image.$"),
+        (("divide", "", 1.0, 0.0), r"^divide failed unexpectedly \(ZeroDivisionError: float division by zero\)$"),
+        (("echo_text", "", "a"), "^echo_text takes 3 arguments, got 2$"),
+        (("no_such_endpoint",), "^the echo panel has no endpoint 'no_such_endpoint'$"),
+    ],
+)
+def test_each_bad_input_is_the_services_message(echo: RayDeployment, transport: str, args: tuple, message: str):
+    client = RayClient("echo", echo, transport=transport)
+    with pytest.raises(ServiceError, match=message) as caught:
+        client.call(*args)
+    assert not isinstance(caught.value, BackendUnavailableError)
+
+
+def test_application_gone_then_back(echo: RayDeployment):
+    """Both transports say "unavailable" at once while the application is deleted and recover when it is back."""
+    clients = [RayClient("echo", echo, transport=transport) for transport in TRANSPORTS]
+    for client in clients:
+        assert client.call("echo_text", "", "a", 1)["text"] == "a"
+    serve.delete("echo")
+    try:
+        for client in clients:
+            start = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="echo backend .* is unavailable"):
+                client.call("echo_text", "", "a", 1)
+            assert time.monotonic() - start < 2  # no retries spent on an application that is not there
+    finally:
+        serve_ray.deploy("echo", echo, ECHO)
+    for client in clients:
+        assert client.call("echo_text", "", "b", 2)["text"] == "bb"
+
+
+def replica_names(app: str) -> set[str]:
+    """Names of the live replica actors of application ``app``."""
+    prefix = f"SERVE_REPLICA::{app}#"
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return {actor["name"] for actor in actors if actor["name"].startswith(prefix)}
+
+
+def running_replicas(app: str) -> int:
+    deployment = serve.status().applications[app].deployments[f"{app}_service"]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+@pytest.fixture(scope="module")
+def restoration(ray_url: str) -> RayDeployment:
+    """The restoration panel with 2 replicas that take one request at a time."""
+    deployment = RayDeployment(replicas=2, num_cpus=0.5, max_ongoing_requests=1, url=ray_url)
+    serve_ray.deploy("restoration", deployment)
+    return deployment
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_killing_a_replica_under_load_loses_no_request(
+    restoration: RayDeployment, transport: str, caplog: pytest.LogCaptureFixture
+):
+    client = RayClient("restoration", restoration, transport=transport)
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    before = replica_names("restoration")
+    assert len(before) == 2
+    client.call("restore", noisy, "remove the noise", "", None)  # both replicas' models are warm after a few calls
+    caplog.set_level(logging.WARNING, logger="headlab")
+    with ThreadPoolExecutor(4) as pool:  # 4 callers keep both replicas busy (one request each, the rest queued)
+        futures = [pool.submit(client.call, "restore", noisy, "remove the noise", "", None) for _ in range(12)]
+        time.sleep(1.0)
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed = time.monotonic()
+        results = [future.result(timeout=120) for future in futures]
+    assert all(meta["degradation"] == "noise" and image.size == noisy.size for image, meta in results)
+    assert any("retrying" in record.getMessage() for record in caplog.records)  # a request was on the victim
+    while not (running_replicas("restoration") == 2 and len(replica_names("restoration") - {victim}) == 2):
+        assert time.monotonic() - killed < 90, "Serve did not replace the killed replica within 90 s"
+        time.sleep(0.5)
+    assert client.call("restore", noisy, "remove the noise", "", None)[1]["degradation"] == "noise"
