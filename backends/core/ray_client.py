@@ -63,6 +63,13 @@ def decode(value: Any) -> Any:
     return value
 
 
+def model_argument(spec: dict, args: tuple, default_model: str) -> str:
+    """A request's multiplexed model id: its ``model`` argument ("" = ``default_model``); "" without one."""
+    if "model" not in spec["params"]:
+        return ""
+    return str(args[spec["params"].index("model")] or "").strip() or default_model
+
+
 def in_ray_cluster() -> bool:
     """True when this process is connected to Ray or told where the cluster is (``RAY_ADDRESS``)."""
     ray = sys.modules.get("ray")
@@ -99,7 +106,6 @@ class RayClient:
                 log.warning("%s: %s failed (%s); retrying (attempt %d of %d)", self.panel, endpoint, error,
                             attempt + 1, ATTEMPTS)
                 time.sleep(RETRY_PAUSE_S * attempt)
-        raise AssertionError("unreachable")
 
     def info(self) -> dict:
         """The service's health call, answered by one of the replicas."""
@@ -107,34 +113,29 @@ class RayClient:
 
     # -- one attempt ----------------------------------------------------------------------------------------
     def _send(self, endpoint: str, args: tuple) -> Any:
-        spec = self._endpoint_spec(endpoint)
+        service = self._service_spec()
+        spec = service["endpoints"].get(endpoint)
+        if spec is None:
+            raise ServiceError(f"the {self.panel} panel has no endpoint {endpoint!r}")
         if len(args) != len(spec["params"]):
             raise ServiceError(f"{endpoint} takes {len(spec['params'])} arguments, got {len(args)}")
-        model_id = self._model_id(spec, args)
+        model_id = model_argument(spec, args, service["default_model"])
         if self.transport == "handle":
             return self._send_by_handle(endpoint, args, model_id)
         results = self._post({"endpoint": endpoint, "args": [encode(arg) for arg in args]}, model_id)
         decoded = tuple(decode(value) for value in results)
         return decoded if len(decoded) > 1 else decoded[0]
 
-    def _model_id(self, spec: dict, args: tuple) -> str:
-        """The request's multiplexed model id: its ``model`` argument, "" (the default) named explicitly."""
-        if "model" not in spec["params"]:
-            return ""
-        return str(args[spec["params"].index("model")] or "").strip() or self._spec["default_model"]
-
-    def _endpoint_spec(self, endpoint: str) -> dict:
-        if self._spec is None:
-            self._spec = self._fetch_spec()
-        spec = self._spec["endpoints"].get(endpoint)
+    def _service_spec(self) -> dict:
+        """The application's endpoints and default model, asked once per connection."""
+        spec = self._spec
         if spec is None:
-            raise ServiceError(f"the {self.panel} panel has no endpoint {endpoint!r}")
+            if self.transport == "handle":
+                spec = self._result(self._app_handle().endpoints.remote())
+            else:
+                spec = self._request("GET")
+            self._spec = spec
         return spec
-
-    def _fetch_spec(self) -> dict:
-        if self.transport == "handle":
-            return self._result(self._app_handle().endpoints.remote())
-        return self._request("GET")
 
     def _forget(self) -> None:
         """Drop what was learnt from the application, so the next attempt finds it (or its successor) anew."""
