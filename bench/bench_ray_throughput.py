@@ -29,7 +29,7 @@ from ray import serve
 
 from backends.core.config import RayDeployment
 from backends.core.ray_client import RayClient
-from backends.serve.ray import deploy, start_serve
+from backends.serve.ray import deploy, replica_processes, start_serve
 from tests.conftest import free_port
 
 RESULTS = Path(__file__).with_name("RESULTS_ray.md")
@@ -38,13 +38,12 @@ TARGET = 1.7
 
 
 def replica_cpu_seconds() -> float:
-    """CPU seconds used so far by the panel's replica processes (Ray titles them ``ray::ServeReplica:<app>:…``)."""
+    """CPU seconds used so far by the panel's replica processes."""
     total = 0.0
-    for process in psutil.process_iter(["cmdline"]):
+    for process in replica_processes(PANEL):
         with contextlib.suppress(psutil.Error):
-            if any(f"ServeReplica:{PANEL}:" in part for part in process.info["cmdline"] or ()):
-                times = process.cpu_times()
-                total += times.user + times.system
+            times = process.cpu_times()
+            total += times.user + times.system
     return total
 
 

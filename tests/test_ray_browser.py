@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import CHROMIUM_ARGS, ROOT, free_port, start_process
+from tests.conftest import ROOT, free_port, start_process
 from tests.test_restoration_browser import SHOTS, _open_tab, _restore_and_wait
 
 pytest.importorskip("ray.serve")
@@ -35,8 +34,9 @@ def wait_for_application(url: str, process: subprocess.Popen, timeout: float = 1
 
 
 @pytest.fixture(scope="module")
-def ray_app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Ray Serve running the restoration panel, and `python app.py` with that panel on `backend: ray`."""
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Ray Serve running the restoration panel, and `python app.py` with that panel on `backend: ray` (the `page`
+    fixture opens this app instead of the default one)."""
     logs = tmp_path_factory.mktemp("ray-app")
     serve_url = f"http://127.0.0.1:{free_port()}"
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
@@ -61,21 +61,12 @@ def ray_app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.browser
-def test_restoration_on_ray_serve_in_chromium(ray_app_url: str):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("Debian chromium is not installed (make test installs it)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(ray_app_url, wait_until="domcontentloaded")
-        page.get_by_role("tab").first.wait_for(timeout=60_000)
-        panel = _open_tab(page)
-        panel.get_by_role("gridcell").filter(has=page.locator("img[src$='flower_rain.png']")).click()
-        panel.get_by_label("Instruction").fill("please remove the rain streaks")
-        page.locator("#restoration-understood").get_by_text("Understood as: rain").wait_for(timeout=60_000)
-        assert "rain" in _restore_and_wait(page, panel)
-        page.get_by_text("models loaded: textprompt-ir").first.wait_for(timeout=30_000)  # the replica's health
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / "restoration-ray.png"), full_page=True)
-        browser.close()
+def test_restoration_on_ray_serve_in_chromium(page):
+    panel = _open_tab(page)
+    panel.get_by_role("gridcell").filter(has=page.locator("img[src$='flower_rain.png']")).click()
+    panel.get_by_label("Instruction").fill("please remove the rain streaks")
+    page.locator("#restoration-understood").get_by_text("Understood as: rain").wait_for(timeout=60_000)
+    assert "rain" in _restore_and_wait(page, panel)
+    page.get_by_text("models loaded: textprompt-ir").first.wait_for(timeout=30_000)  # the replica's health
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "restoration-ray.png"), full_page=True)

@@ -8,7 +8,7 @@ import pytest
 
 from backends.core.client import LocalClient, make_client
 from backends.core.config import DEFAULT_RAY_SERVE_URL, load_config
-from backends.core.ray_client import RayClient
+from backends.core.ray_client import RayClient, model_argument
 from backends.core.service import ServiceError
 from backends.core.zerogpu import ZeroGPUClient, on_zero_gpu
 from tests.echo_service import EchoService
@@ -94,3 +94,12 @@ def test_zero_gpu_client_runs_endpoints_through_spaces_gpu(monkeypatch: pytest.M
     assert client.call("echo_text", "", "ab", 2)["text"] == "abab"
     with pytest.raises(ServiceError, match="Please type some text"):
         client.call("echo_text", "", "", 2)
+
+
+def test_the_multiplexed_model_id_is_the_model_argument():
+    """Requests are routed by their `model` argument wherever the endpoint has it; "" names the default model."""
+    specs = {ep.name: {"params": [param.name for param in ep.params]} for ep in EchoService.endpoints()}
+    assert model_argument(specs["echo_text"], (" echo ", "a", 1), "echo") == "echo"
+    assert model_argument(specs["echo_text"], ("", "a", 1), "echo") == "echo"
+    assert model_argument(specs["mirror"], (None, "other"), "echo") == "other"
+    assert model_argument(specs["echo_info"], (), "echo") == ""

@@ -21,6 +21,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -123,6 +124,15 @@ def start_serve(url: str, address: str | None = None, num_cpus: int | None = Non
 def deploy(panel: str, deployment: RayDeployment, service_path: str | None = None) -> DeploymentHandle:
     """Deploy (or update) ``panel``'s application and wait until its replicas run; returns its handle."""
     return serve.run(panel_application(panel, deployment, service_path), name=panel, route_prefix=f"/{panel}")
+
+
+def replica_processes(app: str) -> list[psutil.Process]:
+    """This machine's processes of application ``app``'s replicas (Ray titles them ``ray::ServeReplica:<app>:…``)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(part.startswith(f"ray::ServeReplica:{app}:") for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
 
 
 def ray_panels(config: AppConfig, names: list[str]) -> list[str]:
