@@ -176,11 +176,11 @@ class RayClient:
 
         with self._lock:
             if self._handle is None:
-                if not ray.is_initialized():
-                    ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
                 try:
+                    if not ray.is_initialized():
+                        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
                     self._handle = serve.get_app_handle(self.panel)
-                except (RayServeException, ray.exceptions.RayError) as error:  # no such application (now)
+                except (ConnectionError, RayServeException, ray.exceptions.RayError) as error:  # no cluster or app
                     raise self._unavailable(error) from error
             return self._handle
 
@@ -199,8 +199,9 @@ class RayClient:
             return response.result(timeout_s=REQUEST_TIMEOUT_S)
         except ray.exceptions.RayTaskError as error:
             cause = error.cause
-            message = str(cause) if isinstance(cause, ServiceError) else f"failed ({type(cause).__name__}: {cause})"
-            raise ServiceError(message) from None
+            if isinstance(cause, ServiceError):
+                raise ServiceError(str(cause)) from None
+            raise ServiceError(f"the {self.panel} service failed ({type(cause).__name__}: {cause})") from None
         except TimeoutError as error:
             raise self._unavailable(error) from error
         except (RayServeException, ray.exceptions.RayError) as error:
