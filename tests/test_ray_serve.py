@@ -50,10 +50,24 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 
 @pytest.fixture(scope="module")
 def echo(ray_url: str) -> RayDeployment:
-    """The echo service deployed as the application "echo" (1 small replica)."""
-    deployment = RayDeployment(replicas=1, num_cpus=0.25, url=ray_url)
+    """The echo service deployed as the application "echo" (small replicas, autoscaled between 1 and 2)."""
+    deployment = RayDeployment(min_replicas=1, max_replicas=2, num_cpus=0.25, url=ray_url)
     serve_ray.deploy("echo", deployment, ECHO)
     return deployment
+
+
+def test_spaces_yml_settings_become_serve_options(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HEADLAB_TORCH_THREADS", "1")
+    fixed = serve_ray.deployment_options("restoration", RayDeployment(replicas=3, num_cpus=0.5, max_ongoing_requests=4))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == 4 and fixed["name"] == "restoration_service"
+    actor = fixed["ray_actor_options"]
+    assert (actor["num_cpus"], actor["num_gpus"]) == (0.5, 0.0)
+    assert actor["runtime_env"]["env_vars"]["HEADLAB_TORCH_THREADS"] == "1"
+    autoscaled = serve_ray.deployment_options("heads", RayDeployment(min_replicas=1, max_replicas=4, num_gpus=0.25))
+    assert autoscaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4}
+    assert "num_replicas" not in autoscaled
+    assert autoscaled["ray_actor_options"]["num_gpus"] == 0.25
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -90,23 +90,28 @@ def replica_environment() -> dict[str, str]:
     return {"PYTHONPATH": str(ROOT), **passed}
 
 
-def panel_application(panel: str, deployment: RayDeployment, service_path: str | None = None) -> serve.Application:
-    """The Ray Serve application of ``panel`` (its service from the registry unless ``service_path`` names one)."""
+def deployment_options(panel: str, deployment: RayDeployment) -> dict[str, Any]:
+    """``serve.deployment``'s options for ``panel``: replicas or autoscaling range, resources, queue, environment."""
     scaling: dict[str, Any] = (
         {"autoscaling_config": {"min_replicas": deployment.min_replicas, "max_replicas": deployment.max_replicas}}
         if deployment.autoscaled
         else {"num_replicas": deployment.replicas}
     )
-    options = serve.deployment(
-        name=f"{panel}_service",
-        max_ongoing_requests=deployment.max_ongoing_requests,
-        ray_actor_options={
+    return {
+        "name": f"{panel}_service",
+        "max_ongoing_requests": deployment.max_ongoing_requests,
+        "ray_actor_options": {
             "num_cpus": deployment.num_cpus,
             "num_gpus": deployment.num_gpus,
             "runtime_env": {"env_vars": replica_environment()},
         },
         **scaling,
-    )
+    }
+
+
+def panel_application(panel: str, deployment: RayDeployment, service_path: str | None = None) -> serve.Application:
+    """The Ray Serve application of ``panel`` (its service from the registry unless ``service_path`` names one)."""
+    options = serve.deployment(**deployment_options(panel, deployment))
     return options(PanelDeployment).bind(service_path or SERVICES[panel])
 
 
