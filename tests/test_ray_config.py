@@ -59,6 +59,7 @@ def test_backend_ray_from_the_environment(monkeypatch: pytest.MonkeyPatch):
         ("    replicas: 1.5\n", "replicas must be a whole number, got 1.5"),
         ("    replicas: two\n", "replicas must be a whole number, got 'two'"),
         ("    replicas: true\n", "replicas must be a whole number, got True"),
+        ("    replicas: 2\n    min_replicas: 1\n    max_replicas: 3\n", "set either replicas or min_replicas"),
         ("    min_replicas: 1\n", "autoscaling needs both min_replicas and max_replicas"),
         ("    max_replicas: 3\n", "autoscaling needs both min_replicas and max_replicas"),
         ("    min_replicas: 3\n    max_replicas: 2\n", "min_replicas 3, max_replicas 2"),

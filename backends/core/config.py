@@ -102,6 +102,8 @@ def ray_deployment(panel: str, settings: dict, url: str) -> RayDeployment:
             wanted = "a whole number" if kind is int else "a number"
             raise ValueError(f"panel {panel!r}: {key} must be {wanted}, got {value!r}")
         values[key] = kind(value)
+    if "replicas" in values and "max_replicas" in values:
+        raise ValueError(f"panel {panel!r}: set either replicas or min_replicas/max_replicas (autoscaling), not both")
     try:
         return RayDeployment(url=url, **values)
     except ValueError as error:
