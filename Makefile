@@ -9,7 +9,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 RESTORATION_APT_PACKAGES := opencv-doc mate-backgrounds
 PIP_QUIET := sed '/is ignored: it is neither a file nor a directory/d'
 
-.PHONY: install system-deps restoration-data run serve test lint bench clean
+.PHONY: install system-deps restoration-data run serve serve-ray test lint bench clean
 
 install: $(STAMP) system-deps
 
@@ -42,6 +42,11 @@ run: install
 # One panel's backend in its own process, e.g. `make serve PANEL=heads PORT=7861`.
 serve: install
 	$(BIN)/python -m backends.serve $(PANEL) --port $(or $(PORT),7861)
+
+# The `backend: ray` panels of spaces.yml (or PANELS="restoration segmentation") as Ray Serve applications: on a
+# local Ray instance, or on the cluster at RAY_ADDRESS. Then `make run` calls them (HEADLAB_RAY_SERVE_URL: the ingress).
+serve-ray: install
+	$(BIN)/python -m backends.serve.ray $(PANELS)
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

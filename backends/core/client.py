@@ -135,7 +135,13 @@ def _decode(value: Any, kind: str) -> Any:
 
 
 def make_client(config: PanelConfig) -> Client:
-    """The client for a panel as ``spaces.yml`` configures it (local service or remote URL)."""
+    """The client for a panel as ``spaces.yml`` configures it (local service, Ray Serve application or remote URL)."""
+    if config.is_ray:
+        from backends.core.ray_client import RayClient
+
+        return RayClient(config.name, config.ray)
     if config.is_remote:
         return RemoteClient(config.name, config.backend)
-    return LocalClient(config.name)
+    from backends.core.zerogpu import ZeroGPUClient, on_zero_gpu
+
+    return ZeroGPUClient(config.name) if on_zero_gpu() else LocalClient(config.name)
