@@ -115,18 +115,25 @@ def test_score_table_pairs_baseline_and_guided_per_seed():
     assert "| 5 | 0.1000 | 0.3000 |" in table and "**0.1500**" in table and "**0.3500**" in table
 
 
+def _checked(page) -> int:
+    return page.locator("#guidance-heads input:checked").count()
+
+
 @pytest.mark.browser
-def test_guidance_tab_in_chromium(page):
-    """Pick heads, sample baseline vs guided, apply a preset, run a small HeadHunter search, see a clear error."""
+def test_guidance_tab_in_chromium(page, tmp_path):
+    """Default heads, sample baseline vs guided, presets, HeadHunter (and cancelling it), head-set files, errors."""
     expect = pytest.importorskip("playwright.sync_api").expect
     page.get_by_role("tab", name="Guidance").click()
     grid = page.locator("#guidance-heads")
     grid.get_by_text("2.1", exact=True).wait_for(timeout=120_000)
-    grid.get_by_text("2.1", exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('#guidance-heads input:checked').length === 3")
+    expect(page.locator("#guidance-heads-note")).to_contain_text("shipped HeadHunter head set")
+    cancel = page.locator("#guidance-cancel")
+    expect(cancel).to_be_disabled()
     page.get_by_role("button", name="Sample baseline and guided").click()
     page.locator("#guidance-scores table").wait_for(timeout=120_000)
     assert page.locator("#guidance-baseline img").count() == 1 and page.locator("#guidance-guided img").count() == 1
-    assert "heads 2.1" in page.locator("#guidance-scores").inner_text()
+    assert "heads 0.2,2.2,3.4" in page.locator("#guidance-scores").inner_text()  # the first sample shows an effect
 
     page.get_by_role("radio", name="One layer").check()
     page.get_by_role("button", name="Apply preset").click()
@@ -140,9 +147,50 @@ def test_guidance_tab_in_chromium(page):
     page.get_by_role("button", name="Search heads", exact=True).click()
     found = page.get_by_label("Found heads")
     expect(found).to_have_value(re.compile(r"^\d+\.\d+,\d+\.\d+,\d+\.\d+$"), timeout=120_000)
+    expect(cancel).to_be_disabled(timeout=10_000)
+
+    page.get_by_label("number input for Rounds (R)", exact=True).fill("10")
+    page.get_by_label("number input for Rounds (R)", exact=True).press("Enter")
+    page.get_by_role("button", name="Search heads", exact=True).click()
+    expect(cancel).to_be_enabled(timeout=10_000)
+    cancel.click()
+    expect(found).to_have_value(re.compile("cancelled"), timeout=120_000)
+    expect(cancel).to_be_disabled(timeout=10_000)
+    assert _checked(page) == 6  # cancelling kept the user's heads
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"heads": "9.9", "u": 1}')
+    page.locator("input[type=file]").first.set_input_files(str(broken))
+    expect(page.locator("#guidance-heads-note")).to_contain_text("Not loaded", timeout=30_000)
+    expect(page.locator("#guidance-heads-note")).to_contain_text("layers 0–5")
+    assert _checked(page) == 6 and page.locator("#guidance-heads .error").count() == 0
+
+    page.get_by_role("button", name="Save head set").click()
+    expect(page.locator("#guidance-snippet")).to_contain_text("guided_sample", timeout=30_000)
 
     label = page.get_by_label("Class (or prompt for text models)")
     label.fill("Spaceship")
     label.press("Enter")
     page.get_by_role("button", name="Sample baseline and guided").click()
     page.get_by_text("unknown class").first.wait_for(timeout=60_000)
+
+
+@pytest.mark.browser
+def test_guidance_head_atlas_in_chromium(page):
+    """The atlas as small multiples; a click re-runs the sample with that head off (before/after)."""
+    expect = pytest.importorskip("playwright.sync_api").expect
+    page.get_by_role("tab", name="Guidance").click()
+    page.locator("#guidance-heads").get_by_text("2.1", exact=True).wait_for(timeout=120_000)
+    page.get_by_text("Which heads matter here? The head atlas").click()
+    page.get_by_role("button", name=re.compile("Compute the head atlas")).click()
+    atlas = page.locator("#guidance-atlas-grid img")
+    atlas.wait_for(timeout=600_000)  # computed once (about a minute on a free CPU), then cached
+    expect(page.locator("#guidance-atlas-specific")).to_contain_text("Most task-specific heads")
+    box = atlas.bounding_box()
+    width = page.evaluate("() => document.querySelector('#guidance-atlas-grid img').naturalWidth")
+    scale = box["width"] / width
+    x = (guidance.LABEL_W + 2.5 * guidance.CELL_W) * scale  # first grid (confidence), layer 3, head 2
+    y = (guidance.TITLE_H + 3.5 * guidance.CELL_H) * scale
+    atlas.click(position={"x": x, "y": y})
+    expect(page.locator("#guidance-atlas-clicked")).to_contain_text("Head 3.2", timeout=180_000)
+    assert page.locator("#guidance-before img").count() == 1 and page.locator("#guidance-after img").count() == 1

@@ -27,7 +27,13 @@ from PIL import Image
 from backends.core.heads import EffectsCache, format_heads
 from backends.core.service import Service, ServiceError, endpoint
 from backends.guidance.adapters import ASSETS, EMBEDDED_MODEL, HUB_MODELS, GuidedModel, load_guided_model
-from backends.guidance.atlas import ATLAS_VERSION, compute_head_effects, effect_grid_images, select_tasks
+from backends.guidance.atlas import (
+    ATLAS_VERSION,
+    compute_head_effects,
+    effect_grid_images,
+    probe_for,
+    select_tasks,
+)
 from backends.guidance.headhunter import SearchSettings, head_hunter
 from backends.guidance.objectives import OBJECTIVES, objectives_for, per_sample
 from backends.guidance.sampler import CancelledError, guided_sample
@@ -278,7 +284,8 @@ class GuidanceService(Service):
         if unknown:
             raise ServiceError(f"tasks: {', '.join(map(repr, unknown))} not available for {guided.name}; choose "
                                f"from {', '.join(available)}")
-        key = f"{guided.fingerprint()}-v{ATLAS_VERSION}"
+        probe = probe_for(guided)
+        key = f"{guided.fingerprint()}-v{ATLAS_VERSION}-{len(probe.seeds)}x{probe.steps}"
         with self._jobs_lock:
             lock = self._atlas_locks.setdefault(key, threading.Lock())
         with lock:  # one computation per model; other callers wait for it and read the cache
