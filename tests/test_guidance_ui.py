@@ -128,8 +128,6 @@ def test_guidance_tab_in_chromium(page, tmp_path):
     grid.get_by_text("2.1", exact=True).wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelectorAll('#guidance-heads input:checked').length === 3")
     expect(page.locator("#guidance-heads-note")).to_contain_text("shipped HeadHunter head set")
-    cancel = page.locator("#guidance-cancel")
-    expect(cancel).to_be_disabled()
     page.get_by_role("button", name="Sample baseline and guided").click()
     page.locator("#guidance-scores table").wait_for(timeout=120_000)
     assert page.locator("#guidance-baseline img").count() == 1 and page.locator("#guidance-guided img").count() == 1
@@ -140,6 +138,8 @@ def test_guidance_tab_in_chromium(page, tmp_path):
     page.wait_for_function("() => document.querySelectorAll('#guidance-heads input:checked').length === 6")
 
     page.get_by_text("HeadHunter: search heads by an objective").click()
+    cancel = page.locator("#guidance-cancel")
+    expect(cancel).to_be_disabled()
     for name, value in (("Seeds per head (M)", "1"), ("Steps", "3")):
         number = page.get_by_label(f"number input for {name}", exact=True)
         number.fill(value)
@@ -160,7 +160,7 @@ def test_guidance_tab_in_chromium(page, tmp_path):
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"heads": "9.9", "u": 1}')
-    page.locator("input[type=file]").first.set_input_files(str(broken))
+    page.get_by_test_id("Load head set-upload-button").set_input_files(str(broken))
     expect(page.locator("#guidance-heads-note")).to_contain_text("Not loaded", timeout=30_000)
     expect(page.locator("#guidance-heads-note")).to_contain_text("layers 0–5")
     assert _checked(page) == 6 and page.locator("#guidance-heads .error").count() == 0

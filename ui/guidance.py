@@ -69,7 +69,7 @@ POLL_SECONDS = 0.25
 #: the default that tells Gradio to hand a handler its progress tracker
 PROGRESS = gr.Progress()
 #: atlas small multiples: cell size, room for labels, gap between grids, legend height
-CELL_W, CELL_H, LABEL_W, TITLE_H, GAP, LEGEND_H = 26, 18, 18, 30, 16, 44
+CELL_W, CELL_H, LABEL_W, TITLE_H, GAP, LEGEND_H = 30, 22, 18, 30, 16, 44
 ATLAS_CMAP = colormaps["RdBu"]
 SPECIFIC_HEADS = 8
 
@@ -94,7 +94,8 @@ def build(client: Client, config: PanelConfig) -> None:
                 apply_preset = gr.Button("Apply preset", size="sm")
             with gr.Row():
                 save_heads = gr.Button("Save head set", size="sm")
-                load_heads = gr.UploadButton("Load head set", file_types=[".json"], size="sm")
+                load_heads = gr.UploadButton("Load head set", file_types=[".json"], size="sm",
+                                             elem_id="guidance-load-heads")
             heads_note = gr.Markdown(elem_id="guidance-heads-note")
             heads_file = gr.File(label="Saved head set", interactive=False, visible=False)
             snippet = gr.Code(language="python", label="Apply this head set with diffusers (README snippet)",
@@ -130,8 +131,9 @@ def build(client: Client, config: PanelConfig) -> None:
             compute_atlas = gr.Button("Compute the head atlas (about a minute the first time, then cached)",
                                       variant="primary")
             show_effect_grid = gr.Button("One sample per head off (same seed)")
-        atlas_view = gr.Image(label="Effect of switching one head off, per objective (click a cell)", type="pil",
-                              interactive=False, elem_id="guidance-atlas-grid")
+        gr.Markdown("**Effect of switching one head off, per objective** (rows: layers, columns: heads; click a "
+                    "cell to switch that head off in your sample)")
+        atlas_view = gr.Image(show_label=False, type="pil", interactive=False, elem_id="guidance-atlas-grid")
         specific = gr.Markdown(elem_id="guidance-atlas-specific")
         clicked = gr.Markdown(elem_id="guidance-atlas-clicked")
         with gr.Row():
@@ -158,7 +160,8 @@ def build(client: Client, config: PanelConfig) -> None:
             gr.Slider(maximum=len(choices), value=min(3, len(choices))),
             _grid_style(layout["heads"]),
             _heads_origin(default),
-            None, None, None, "", "", None, None, None,
+            None, None, "",  # samples and scores of the previous model
+            None, None, "", "", None, None, None,  # its atlas, clicked head, before/after and effect grid
         )
 
     def pick_preset(choice: str, layer: float, layout: dict) -> list[str]:
@@ -249,7 +252,7 @@ def build(client: Client, config: PanelConfig) -> None:
     atlas_state = gr.State(None)
     atlas_outputs = [atlas_state, atlas_view, specific, clicked, before_image, after_image, effect_grid]
     layout_outputs = [layout_state, heads, label, preset_layer, objective, top_k, grid_style, heads_note,
-                      baseline_image, guided_image, *atlas_outputs]
+                      baseline_image, guided_image, scores, *atlas_outputs]
     gr.on(None, load_layout, model, layout_outputs, **queue)  # on page load and whenever the model changes
     apply_preset.click(pick_preset, [preset, preset_layer, layout_state], heads, queue=False)
     sample_inputs = [model, label, n, seed, steps, cfg_scale, pag_scale, heads, u]
@@ -371,7 +374,7 @@ def atlas_image(atlas: dict) -> Image.Image:
     bar_left, bar_w, bar_top = LABEL_W, min(width - 2 * LABEL_W, 360), grid_h + 8
     ramp = (ATLAS_CMAP(np.linspace(0, 1, bar_w))[:, :3] * 255).astype(np.uint8)
     image.paste(Image.fromarray(np.repeat(ramp[None], 10, axis=0)), (bar_left, bar_top))
-    draw.text((bar_left, bar_top + 13), f"−{limit:.1f} % (needs the head)", fill="black")
+    draw.text((bar_left, bar_top + 13), f"-{limit:.1f} % (needs the head)", fill="black")
     draw.text((bar_left + bar_w // 2 - 3, bar_top + 13), "0", fill="black")
     draw.text((bar_left + bar_w - 40, bar_top + 13), f"+{limit:.1f} %", fill="black")
     draw.text((bar_left + bar_w + 12, bar_top), "change of the objective with the head off, in %", fill="dimgray")
