@@ -8,7 +8,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProc
 from torch.nn import functional
 
 from backends.guidance.adapters import model_for_pipeline
-from backends.guidance.sampler import combine, guided_sample
+from backends.guidance.sampler import branch_strengths, combine, guided_sample
 from backends.guidance.softpag import (
     Perturbation,
     SoftPAGAttnProcessor,
@@ -143,6 +143,20 @@ def test_hub_adapters_sample_offline(kind: str, condition: str):
     assert baseline.shape[:2] == (2, 3) and baseline.abs().max() <= 1
     assert torch.equal(no_pag, baseline)  # PAG scale 0 reproduces the baseline
     assert not torch.equal(guided, baseline)
+    off = strengths_for([[(1, 0)]], 1.0, model.layers, model.heads)
+    ablated = guided_sample(model, condition, [0, 1], 3, cfg_scale=2.0, heads_off=off)
+    assert not torch.equal(ablated, baseline)
+    assert torch.equal(guided_sample(model, condition, [0, 1], 3, cfg_scale=2.0), baseline)  # nothing stayed off
+
+
+def test_heads_off_is_identity_attention_in_every_branch():
+    """heads_off = u 1 on every row of [unconditional, conditional, perturbed]; PAG heads add to the last branch."""
+    strengths = strengths_for([[(0, 1)]], 0.5, 2, 3)
+    off = strengths_for([[(1, 2)]], 1.0, 2, 3)
+    plan = branch_strengths(2, True, True, strengths, off)
+    assert plan.shape == (6, 2, 3)
+    assert (plan[:, 1, 2] == 1).all() and (plan[:4, 0, 1] == 0).all() and (plan[4:, 0, 1] == 0.5).all()
+    assert branch_strengths(2, False, False, None, None) is None
 
 
 def _attention_modules(transformer: torch.nn.Module) -> list:
