@@ -44,9 +44,9 @@ $O_h = (1-u)\,\mathrm{softmax}(Q_hK_h^\top/\sqrt d)\,V_h + u\,V_h$. The three br
 conditional, perturbed) run as one batch.
 
 **HeadHunter.** Greedy rounds: score every remaining head together with the heads already chosen on M seeds by an
-objective (classifier confidence in the class, Fréchet distance, or a weight-free sharpness), keep the top k, repeat
-R rounds. The paper searches with u = 1 and then lowers u to remove artifacts; it reports that heads specialise
-(structure, style, lighting, colour).
+objective (classifier confidence in the class, Fréchet distance, or weight-free sharpness, contrast or
+brightness), keep the top k, repeat R rounds. The paper searches with u = 1 and then lowers u to remove artifacts;
+it reports that heads specialise (structure, style, lighting, colour).
 
 Paper: Ahn et al., *Fine-Grained Perturbation Guidance via Attention Head Selection* (NeurIPS 2025),
 [arXiv:2506.10978](https://arxiv.org/abs/2506.10978). PAG: Ahn et al. 2024, [arXiv:2403.17377](https://arxiv.org/abs/2403.17377).
