@@ -61,7 +61,7 @@ def bench_pag(model: EmbeddedDiT, steps: int, count: int, repeats: int, layers: 
         try:
             return sample(every_head)  # the strengths only make the sampler add the perturbed branch
         finally:
-            model.state = install_softpag(model.transformer)
+            install_softpag(model.transformer)
 
     same = torch.allclose(sample(every_head), diffusers_pag(), atol=1e-4)
     medians = interleaved_medians(

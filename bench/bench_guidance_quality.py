@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from backends.core.heads import parse_heads
 from backends.guidance.adapters import ASSETS, EmbeddedDiT
 from backends.guidance.data import load_split, to_model_range
 from backends.guidance.evaluate import evaluate_dit
-from backends.guidance.softpag import parse_heads, strengths_for
+from backends.guidance.softpag import strengths_for
 
 RESULTS = Path(__file__).with_name("RESULTS_guidance_quality.md")
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("frontend", "heads", "heads_scores", "guidance", "guidance_quality", "segmentation", "restoration", "load",
-         "ray")
+ORDER = (
+    "frontend", "heads", "heads_scores", "guidance", "guidance_quality", "guidance_atlas", "segmentation", "restoration",
+    "load", "ray",
+)
 HEADER = """# HeadLab benchmarks
 
 Every number here was measured by a script in `bench/` (each section names its command), with the compared

@@ -1,7 +1,8 @@
 """The Guidance tab: per-head SoftPAG perturbation guidance and HeadHunter head search on a diffusion transformer.
 
 Talks to the guidance service only through the client (endpoints ``guidance_layout``, ``guidance_sample``,
-``guidance_search``, ``guidance_progress``, ``guidance_cancel``).
+``guidance_search``, ``guidance_head_effects``, ``guidance_effect_grid``, ``guidance_progress``,
+``guidance_cancel``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
+from backends.core.heads import parse_heads
 from backends.core.service import ServiceError
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
@@ -39,19 +44,34 @@ $O_h = (1-u)\,\mathrm{softmax}(Q_hK_h^\top/\sqrt d)\,V_h + u\,V_h$. The three br
 conditional, perturbed) run as one batch.
 
 **HeadHunter.** Greedy rounds: score every remaining head together with the heads already chosen on M seeds by an
-objective (classifier confidence in the class, Fréchet distance, or a weight-free sharpness), keep the top k, repeat
-R rounds. The paper searches with u = 1 and then lowers u to remove artifacts; it reports that heads specialise
-(structure, style, lighting, colour).
+objective (classifier confidence in the class, Fréchet distance, or weight-free sharpness, contrast or
+brightness), keep the top k, repeat R rounds. The paper searches with u = 1 and then lowers u to remove artifacts;
+it reports that heads specialise (structure, style, lighting, colour).
 
 Paper: Ahn et al., *Fine-Grained Perturbation Guidance via Attention Head Selection* (NeurIPS 2025),
 [arXiv:2506.10978](https://arxiv.org/abs/2506.10978). PAG: Ahn et al. 2024, [arXiv:2403.17377](https://arxiv.org/abs/2403.17377).
 """
 
+ATLAS_TEXT = """**What this measures.** For every head alone, the sampler runs with that head *switched off* — perturbed
+with u = 1, so its attention becomes the identity and it passes each token's own value on — on a fixed probe set
+(every class × 2 seeds, 8 steps, no CFG or PAG). Each grid shows how much one objective changes against the same
+seeds with no head off, in % of that objective (red: the objective drops, so it needs this head; blue: it rises).
+All grids share one colour scale. **Task specificity** is 1 − the normalised entropy of a head's |effect| over the
+objectives (each first scaled by its largest effect): 1 = the head matters for one objective only, 0 = for all alike.
+
+**What it does not measure.** Switching a head to the identity is not zero or mean ablation: the head still passes
+its values on, so it measures what the head's *attention pattern* contributes. Effects are single-head and not
+additive — two heads may back each other up, so a head with no effect alone may still matter — and they come from a
+small probe set at few steps, so small effects are noise. Click a cell to check one on your own sample."""
 PRESETS = ("None", "All", "One layer")
 DEFAULT_CLASS, DEFAULT_PROMPT = "Sneaker", "a photo of a red fox in the snow"
 POLL_SECONDS = 0.25
 #: the default that tells Gradio to hand a handler its progress tracker
 PROGRESS = gr.Progress()
+#: atlas small multiples: cell size, room for labels, gap between grids, legend height
+CELL_W, CELL_H, LABEL_W, TITLE_H, GAP, LEGEND_H = 30, 22, 18, 30, 16, 44
+ATLAS_CMAP = colormaps["RdBu"]
+SPECIFIC_HEADS = 8
 
 
 def build(client: Client, config: PanelConfig) -> None:
@@ -74,8 +94,12 @@ def build(client: Client, config: PanelConfig) -> None:
                 apply_preset = gr.Button("Apply preset", size="sm")
             with gr.Row():
                 save_heads = gr.Button("Save head set", size="sm")
-                load_heads = gr.UploadButton("Load head set", file_types=[".json"], size="sm")
+                load_heads = gr.UploadButton("Load head set", file_types=[".json"], size="sm",
+                                             elem_id="guidance-load-heads")
+            heads_note = gr.Markdown(elem_id="guidance-heads-note")
             heads_file = gr.File(label="Saved head set", interactive=False, visible=False)
+            snippet = gr.Code(language="python", label="Apply this head set with diffusers (README snippet)",
+                              visible=False, elem_id="guidance-snippet")
         with gr.Column(scale=2):
             u = gr.Slider(0, 1, value=1.0, step=0.05, label="u (perturbation strength per head)")
             pag_scale = gr.Slider(0, 10, value=3.0, step=0.25, label="PAG scale")
@@ -97,10 +121,28 @@ def build(client: Client, config: PanelConfig) -> None:
             top_k = gr.Slider(1, 36, value=3, step=1, label="Heads kept per round (k)")
         with gr.Row():
             search = gr.Button("Search heads", variant="primary")
-            cancel = gr.Button("Cancel", variant="stop")
+            cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="guidance-cancel")
             apply_found = gr.Button("Apply found heads to the grid")
         found = gr.Textbox(label="Found heads", interactive=False)
         search_result = gr.JSON(label="Search details")
+    with gr.Accordion("Which heads matter here? The head atlas", open=False, elem_id="guidance-atlas"):
+        gr.Markdown(ATLAS_TEXT)
+        with gr.Row():
+            compute_atlas = gr.Button("Compute the head atlas (about a minute the first time, then cached)",
+                                      variant="primary")
+            show_effect_grid = gr.Button("One sample per head off (same seed)")
+        gr.Markdown("**Effect of switching one head off, per objective** (rows: layers, columns: heads; click a "
+                    "cell to switch that head off in your sample)")
+        atlas_view = gr.Image(show_label=False, type="pil", interactive=False, elem_id="guidance-atlas-grid")
+        specific = gr.Markdown(elem_id="guidance-atlas-specific")
+        clicked = gr.Markdown(elem_id="guidance-atlas-clicked")
+        with gr.Row():
+            before_image = gr.Image(label="Your guided sample", type="pil", interactive=False,
+                                    elem_id="guidance-before")
+            after_image = gr.Image(label="… with the clicked head off", type="pil", interactive=False,
+                                   elem_id="guidance-after")
+        effect_grid = gr.Image(label="Row 0: no head off; row 1 + l, column h: head l.h off", type="pil",
+                               interactive=False, elem_id="guidance-effect-grid")
 
     def load_layout(model_id: str) -> tuple:
         layout = call_backend(client, "guidance_layout", model_id or "")
@@ -108,35 +150,42 @@ def build(client: Client, config: PanelConfig) -> None:
         classes = layout.get("classes") or []
         objectives = list(layout["objectives"])
         label_value = DEFAULT_CLASS if DEFAULT_CLASS in classes else (classes or [DEFAULT_PROMPT])[0]
+        default = [] if layout["default_heads"] == "none" else layout["default_heads"].split(",")
         return (
-            choices,
-            gr.CheckboxGroup(choices=choices, value=[]),
+            layout,
+            gr.CheckboxGroup(choices=choices, value=default),
             gr.Dropdown(choices=classes, value=label_value),
             gr.Slider(maximum=layout["layers"] - 1, value=0),
             gr.Dropdown(choices=objectives, value=objectives[0]),
             gr.Slider(maximum=len(choices), value=min(3, len(choices))),
             _grid_style(layout["heads"]),
+            _heads_origin(default),
+            None, None, "",  # samples and scores of the previous model
+            None, None, "", "", None, None, None,  # its atlas, clicked head, before/after and effect grid
         )
 
-    def pick_preset(choice: str, layer: float, all_choices: list[str]) -> list[str]:
+    def pick_preset(choice: str, layer: float, layout: dict) -> list[str]:
         if choice == "All":
-            return list(all_choices)
+            return _all_heads(layout)
         if choice == "One layer":
-            return [name for name in all_choices if name.split(".")[0] == str(int(layer))]
+            return [name for name in _all_heads(layout) if name.split(".")[0] == str(int(layer))]
         return []
+
+    def sample_args(
+        model_id: str, label_value: str, count: float, seed_value: float, step_count: float, cfg: float,
+    ) -> tuple:
+        return model_id or "", label_value, int(count), int(seed_value or 0), int(step_count), float(cfg)
 
     def run_both(
         model_id: str, label_value: str, count: float, seed_value: float, step_count: float, cfg: float,
         pag: float, selected: list[str], strength: float, progress: gr.Progress = PROGRESS,
     ) -> tuple:
-        common = (int(count), int(seed_value or 0), int(step_count), float(cfg))
-        spec = ",".join(selected) or "none"
+        common = sample_args(model_id, label_value, count, seed_value, step_count, cfg)
         base_image, base_info = _with_progress(
-            client, progress, "baseline", "guidance_sample", model_id or "", label_value, *common, 0.0, "none", 0.0
+            client, progress, "baseline", "guidance_sample", *common, 0.0, "none", 0.0
         )
         guided, guided_info = _with_progress(
-            client, progress, "guided", "guidance_sample", model_id or "", label_value, *common, float(pag), spec,
-            float(strength),
+            client, progress, "guided", "guidance_sample", *common, float(pag), _spec(selected), float(strength),
         )
         return base_image, guided, _score_table(base_info, guided_info)
 
@@ -155,43 +204,222 @@ def build(client: Client, config: PanelConfig) -> None:
         call_backend(client, "guidance_cancel")
         gr.Info("Cancelling after the current step…")
 
-    def apply_found_heads(text: str, all_choices: list[str]) -> list[str]:
-        names = text.split(" ")[0].split(",") if text and not text.startswith("none") else []
-        return [name for name in names if name in all_choices]
+    def apply_found_heads(text: str, selected: list[str], layout: dict) -> tuple:
+        names = [name for name in text.split(" ")[0].split(",") if name in _all_heads(layout)] if text else []
+        if not names:  # nothing found (e.g. cancelled during the baseline): keep the user's heads
+            return selected, "HeadHunter has found no heads yet; your selection is unchanged."
+        return names, "Heads found by HeadHunter."
 
-    def save(selected: list[str], strength: float, model_id: str) -> gr.File:
-        record = {"model": model_id or "", "heads": ",".join(selected) or "none", "u": strength}
+    def save(selected: list[str], strength: float, model_id: str) -> tuple:
+        record = {"model": model_id or config.models[0], "heads": _spec(selected), "u": strength}
         path = Path(tempfile.mkdtemp(prefix="headset-")) / "head_set.json"
         path.write_text(json.dumps(record, indent=1))
-        return gr.File(str(path), visible=True)
+        return gr.File(str(path), visible=True), gr.Code(apply_snippet(record), visible=True)
 
-    def load(file: Any, all_choices: list[str]) -> tuple:
+    def load(file: Any, layout: dict) -> tuple:
         try:
             record = json.loads(Path(file if isinstance(file, str) else file.name).read_text())
-            names = [] if record.get("heads", "none") == "none" else str(record["heads"]).split(",")
-        except (OSError, ValueError, KeyError, AttributeError) as error:
-            raise gr.Error(f"Not a head-set file: {error}") from error
-        unknown = [name for name in names if name not in all_choices]
-        if unknown:
-            raise gr.Error(f"Heads {', '.join(unknown)} do not exist in this model (load the right model first).")
-        return names, float(record.get("u", 1.0))
+            return *read_head_set(record, layout), "Head set loaded."
+        except (OSError, ValueError, ServiceError) as error:
+            return gr.skip(), gr.skip(), f"⚠️ **Not loaded:** {error}"
 
-    all_choices = gr.State([])
-    layout_outputs = [all_choices, heads, label, preset_layer, objective, top_k, grid_style]
+    def fetch_atlas(model_id: str, progress: gr.Progress = PROGRESS) -> tuple:
+        atlas = _with_progress(client, progress, "head atlas", "guidance_head_effects", model_id or "", "")
+        return atlas, atlas_image(atlas), specific_heads_markdown(atlas)
+
+    def pick_cell(
+        atlas: dict | None, model_id: str, label_value: str, count: float, seed_value: float, step_count: float,
+        cfg: float, pag: float, selected: list[str], strength: float, event: gr.SelectData,
+        progress: gr.Progress = PROGRESS,
+    ) -> tuple:
+        cell = atlas_cell(atlas, *event.index) if atlas else None
+        if cell is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        task, head = cell
+        common = (*sample_args(model_id, label_value, count, seed_value, step_count, cfg), float(pag),
+                  _spec(selected), float(strength))
+        before, before_info = _with_progress(client, progress, "as set", "guidance_sample", *common, "")
+        after, after_info = _with_progress(client, progress, f"{head} off", "guidance_sample", *common, head)
+        return before, after, clicked_markdown(atlas, task, head, before_info, after_info)
+
+    def effect_grid_for(model_id: str, label_value: str, seed_value: float, step_count: float) -> Any:
+        image, _ = call_backend(
+            client, "guidance_effect_grid", model_id or "", label_value, int(seed_value or 0), int(step_count)
+        )
+        return image
+
+    layout_state = gr.State({})
+    atlas_state = gr.State(None)
+    atlas_outputs = [atlas_state, atlas_view, specific, clicked, before_image, after_image, effect_grid]
+    layout_outputs = [layout_state, heads, label, preset_layer, objective, top_k, grid_style, heads_note,
+                      baseline_image, guided_image, scores, *atlas_outputs]
     gr.on(None, load_layout, model, layout_outputs, **queue)  # on page load and whenever the model changes
-    apply_preset.click(pick_preset, [preset, preset_layer, all_choices], heads, queue=False)
-    sample.click(
-        run_both, [model, label, n, seed, steps, cfg_scale, pag_scale, heads, u],
-        [baseline_image, guided_image, scores], **queue,
-    )
-    search.click(
+    apply_preset.click(pick_preset, [preset, preset_layer, layout_state], heads, queue=False)
+    sample_inputs = [model, label, n, seed, steps, cfg_scale, pag_scale, heads, u]
+    sample.click(run_both, sample_inputs, [baseline_image, guided_image, scores], **queue)
+    for control in (label, n, seed, steps, cfg_scale, pag_scale, heads, u):  # results follow their inputs
+        control.change(lambda: (None, None, "", None, None, ""), None,
+                       [baseline_image, guided_image, scores, before_image, after_image, clicked], queue=False)
+    search.click(lambda: gr.Button(interactive=True), None, cancel, queue=False).then(
         run_search, [model, label, search_seeds, rounds, top_k, u, pag_scale, cfg_scale, steps, objective],
         [found, search_result], **queue,
-    )
+    ).then(lambda: gr.Button(interactive=False), None, cancel, queue=False)
     cancel.click(cancel_running, None, None, queue=False)
-    apply_found.click(apply_found_heads, [found, all_choices], heads, queue=False)
-    save_heads.click(save, [heads, u, model], heads_file, queue=False)
-    load_heads.upload(load, [load_heads, all_choices], [heads, u], queue=False)
+    apply_found.click(apply_found_heads, [found, heads, layout_state], [heads, heads_note], queue=False)
+    save_heads.click(save, [heads, u, model], [heads_file, snippet], queue=False)
+    load_heads.upload(load, [load_heads, layout_state], [heads, u, heads_note], queue=False)
+    compute_atlas.click(fetch_atlas, model, [atlas_state, atlas_view, specific], **queue)
+    atlas_view.select(pick_cell, [atlas_state, *sample_inputs], [before_image, after_image, clicked], **queue)
+    show_effect_grid.click(effect_grid_for, [model, label, seed, steps], effect_grid, **queue)
+    for control in (label, seed, steps):
+        control.change(lambda: None, None, effect_grid, queue=False)
+
+
+def _all_heads(layout: dict) -> list[str]:
+    """Every head of the layout's grid as "layer.head"."""
+    return [f"{layer}.{head}" for layer in range(layout.get("layers", 0)) for head in range(layout.get("heads", 0))]
+
+
+def _spec(selected: list[str]) -> str:
+    """The checkbox selection as a head list."""
+    return ",".join(selected) or "none"
+
+
+def _heads_origin(default: list[str]) -> str:
+    """The note under the head grid after a model loads."""
+    if not default:
+        return ""
+    return f"Preselected: the shipped HeadHunter head set ({', '.join(default)})."
+
+
+def read_head_set(record: Any, layout: dict) -> tuple[list[str], float]:
+    """(heads as checkbox values, u) of a saved head-set record; ``ValueError``/``ServiceError`` say what is wrong."""
+    if not isinstance(record, dict) or "heads" not in record:
+        raise ValueError('a head-set file is a JSON object like {"model": "fashion-dit", "heads": "3.4,2.2", "u": 1}')
+    if not layout:
+        raise ValueError("the model's head grid has not loaded yet; try again in a moment")
+    model_note = f" (the file is for {record['model']!r})" if record.get("model") else ""
+    try:
+        heads = parse_heads(str(record["heads"]), layout["layers"], layout["heads"], layout.get("stack", "model"))
+    except ServiceError as error:
+        raise ValueError(f"{error}{model_note}") from error
+    strength = record.get("u", 1.0)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"u must be a number between 0 and 1, not {strength!r}")
+    return [f"{layer}.{head}" for layer, head in heads], float(strength)
+
+
+def apply_snippet(record: dict) -> str:
+    """Python that applies a saved head set with HeadLab's SoftPAG processors (the README snippet)."""
+    if record["model"] == "fashion-dit":
+        load = ('from backends.guidance.adapters import ASSETS, EmbeddedDiT\n\n'
+                'model = EmbeddedDiT.load(ASSETS, "cpu", torch.float32)  # HeadLab\'s DiT, SoftPAG installed\n'
+                'condition = "Sneaker"')
+    else:
+        load = ('from diffusers import DiffusionPipeline\n'
+                'from backends.guidance.adapters import model_for_pipeline\n\n'
+                f'pipeline = DiffusionPipeline.from_pretrained({record["model"]!r}, dtype=torch.float16)\n'
+                f'model = model_for_pipeline(pipeline, {record["model"]!r}, "cuda", torch.float16)  '
+                '# installs the SoftPAG processors\n'
+                'condition = "a photo of a red fox in the snow"')
+    return f"""import json
+
+import torch
+
+from backends.core.heads import parse_heads
+from backends.guidance.sampler import guided_sample
+from backends.guidance.softpag import strengths_for
+{load}
+
+record = json.load(open("head_set.json"))  # {json.dumps(record)}
+heads = parse_heads(record["heads"], model.layers, model.heads)
+strengths = strengths_for([heads], record["u"], model.layers, model.heads)
+# the heads travel with the call: the transformer gets cross_attention_kwargs={{"perturbation": ...}} each step
+images = guided_sample(model, condition, seeds=[0, 1, 2, 3], steps=20, pag_scale=3.0, strengths=strengths)
+print(images.shape)  # [4, channels, height, width] in [-1, 1]
+"""
+
+
+# -- the head atlas ---------------------------------------------------------------------------------------------------
+def _atlas_geometry(atlas: dict) -> tuple[int, int, int]:
+    """(width of one grid incl. its layer labels, height of the grids incl. titles, total width)."""
+    grid_w = LABEL_W + atlas["heads"] * CELL_W
+    grid_h = TITLE_H + atlas["layers"] * CELL_H
+    return grid_w, grid_h, len(atlas["tasks"]) * (grid_w + GAP) - GAP
+
+
+def _atlas_range(atlas: dict) -> float:
+    """The shared colour scale's half-width: the largest |relative effect| of any task, in %."""
+    return max((abs(value) for grid in atlas["relative"].values() for row in grid for value in row), default=1.0) or 1.0
+
+
+def atlas_image(atlas: dict) -> Image.Image:
+    """Small multiples: one layers × heads grid per task, coloured by the relative effect on one shared scale
+    (red: the objective drops with the head off), with a colour-bar legend."""
+    grid_w, grid_h, width = _atlas_geometry(atlas)
+    limit = _atlas_range(atlas)
+    image = Image.new("RGB", (width, grid_h + LEGEND_H), "white")
+    draw = ImageDraw.Draw(image)
+    for index, task in enumerate(atlas["tasks"]):
+        left = index * (grid_w + GAP)
+        values = np.asarray(atlas["relative"][task], dtype=float)
+        colours = (ATLAS_CMAP(np.clip(0.5 + values / (2 * limit), 0, 1))[..., :3] * 255).astype(np.uint8)
+        cells = colours.repeat(CELL_H, axis=0).repeat(CELL_W, axis=1)
+        image.paste(Image.fromarray(cells), (left + LABEL_W, TITLE_H))
+        draw.text((left + LABEL_W, 2), task, fill="black")
+        for head in range(atlas["heads"]):
+            draw.text((left + LABEL_W + head * CELL_W + CELL_W // 2 - 3, TITLE_H - 12), str(head), fill="dimgray")
+        for layer in range(atlas["layers"]):
+            draw.text((left + 4, TITLE_H + layer * CELL_H + 3), str(layer), fill="dimgray")
+    bar_left, bar_w, bar_top = LABEL_W, min(width - 2 * LABEL_W, 360), grid_h + 8
+    ramp = (ATLAS_CMAP(np.linspace(0, 1, bar_w))[:, :3] * 255).astype(np.uint8)
+    image.paste(Image.fromarray(np.repeat(ramp[None], 10, axis=0)), (bar_left, bar_top))
+    draw.text((bar_left, bar_top + 13), f"-{limit:.1f} % (needs the head)", fill="black")
+    draw.text((bar_left + bar_w // 2 - 3, bar_top + 13), "0", fill="black")
+    draw.text((bar_left + bar_w - 40, bar_top + 13), f"+{limit:.1f} %", fill="black")
+    draw.text((bar_left + bar_w + 12, bar_top), "change of the objective with the head off, in %", fill="dimgray")
+    return image
+
+
+def atlas_cell(atlas: dict, x: float, y: float) -> tuple[str, str] | None:
+    """(task, "layer.head") under pixel (x, y) of :func:`atlas_image`, or None outside every cell."""
+    grid_w, _, _ = _atlas_geometry(atlas)
+    index, within = int(x // (grid_w + GAP)), x % (grid_w + GAP) - LABEL_W
+    layer, head = int((y - TITLE_H) // CELL_H), int(within // CELL_W)
+    if index >= len(atlas["tasks"]) or within < 0 or y < TITLE_H or not (0 <= layer < atlas["layers"]):
+        return None
+    if not 0 <= head < atlas["heads"]:
+        return None
+    return atlas["tasks"][index], f"{layer}.{head}"
+
+
+def specific_heads_markdown(atlas: dict) -> str:
+    """The most task-specific heads (with the task they matter for) and each task's top heads."""
+    cells = [(value, layer, head) for layer, row in enumerate(atlas["specificity"]) for head, value in enumerate(row)]
+    cells.sort(key=lambda cell: -cell[0])
+    lines = ["**Most task-specific heads**", "", "| head | specificity | matters most for | effect with it off |",
+             "|---|---|---|---|"]
+    largest = {task: max(abs(v) for row in grid for v in row) or 1.0 for task, grid in atlas["effects"].items()}
+    for value, layer, head in cells[:SPECIFIC_HEADS]:
+        task = max(atlas["tasks"], key=lambda name: abs(atlas["effects"][name][layer][head]) / largest[name])
+        effect, relative = atlas["effects"][task][layer][head], atlas["relative"][task][layer][head]
+        lines.append(f"| {layer}.{head} | {value:.2f} | {task} | {effect:+.4f} ({relative:+.1f} %) |")
+    lines += ["", "**Top heads per objective** (largest drop when switched off): "
+              + "; ".join(f"{task}: {', '.join(heads)}" for task, heads in atlas["top"].items()),
+              "", f"Probe: {atlas['probe']['samples']} samples, {atlas['probe']['steps']} steps · computed in "
+              f"{atlas['seconds']:.0f} s{' (cached)' if atlas.get('cached') else ''}."]
+    return "\n".join(lines)
+
+
+def clicked_markdown(atlas: dict, task: str, head: str, before: dict, after: dict) -> str:
+    """What the atlas says about ``head`` and what switching it off did to the user's sample."""
+    layer, index = (int(part) for part in head.split("."))
+    name = after["objective"]["name"]
+    change = after["objective"]["mean"] - before["objective"]["mean"]
+    return (f"**Head {head}** — atlas: {task} {atlas['effects'][task][layer][index]:+.4f} "
+            f"({atlas['relative'][task][layer][index]:+.1f} %), specificity {atlas['specificity'][layer][index]:.2f}. "
+            f"On your sample, {name} {before['objective']['mean']:.4f} → {after['objective']['mean']:.4f} "
+            f"({change:+.4f}) with {head} off.")
 
 
 def _with_progress(client: Client, progress: gr.Progress, stage: str, endpoint: str, *args: Any) -> Any:
@@ -204,7 +432,8 @@ def _with_progress(client: Client, progress: gr.Progress, stage: str, endpoint: 
                 state = client.call("guidance_progress")
             except ServiceError:
                 state = {}
-            if state.get("running") == endpoint and state.get("total"):
+            state = next((job for job in state.get("jobs", []) if job["running"] == endpoint), {})
+            if state.get("total"):
                 message = state.get("message") or f"step {state['done']}/{state['total']}"
                 progress(state["done"] / state["total"], desc=f"{stage}: {message}")
             time.sleep(POLL_SECONDS)

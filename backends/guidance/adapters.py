@@ -22,9 +22,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from backends.core.fashion_classifier import FashionClassifier
 from backends.core.fashion_mnist import CLASS_NAMES
+from backends.core.heads import HeadStack
 from backends.guidance.data import load_split, to_model_range
 from backends.guidance.model import NULL_CLASS, load_classifier, load_dit
-from backends.guidance.softpag import install_softpag
+from backends.guidance.softpag import Perturbation, install_softpag
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "guidance"
 EMBEDDED_MODEL = "fashion-dit"
@@ -42,24 +43,34 @@ class GuidedModel:
     name: str = ""
     #: "class" (a label picks what to draw) or "prompt" (free text)
     conditioning = "class"
+    #: the transformer's forward argument that diffusers hands to the attention processors
+    attention_kwargs_name = "cross_attention_kwargs"
 
     def __init__(self, transformer: torch.nn.Module, scheduler: SchedulerMixin, device: str, dtype: torch.dtype):
         self.device, self.dtype = torch.device(device), dtype
         self.transformer = transformer.to(self.device).eval()
         if next(transformer.parameters()).dtype != dtype:
             self.transformer.to(dtype)
-        self.state = install_softpag(self.transformer)
+        self.stack: HeadStack = install_softpag(self.transformer, self.name)
         self._scheduler_class, self._scheduler_config = type(scheduler), scheduler.config
 
     @property
     def layers(self) -> int:
         """Number of perturbable attention layers."""
-        return self.state.layers
+        return self.stack.layers
 
     @property
     def heads(self) -> int:
         """Heads per attention layer."""
-        return self.state.heads
+        return self.stack.heads
+
+    def attention_kwargs(self, perturbation: Perturbation | None) -> dict[str, Any]:
+        """The transformer keyword that carries ``perturbation`` to this call's attention processors."""
+        return {} if perturbation is None else {self.attention_kwargs_name: {"perturbation": perturbation}}
+
+    def fingerprint(self) -> str:
+        """What this model's results depend on: its name (and, for files HeadLab ships, their size and date)."""
+        return self.name
 
     def new_scheduler(self) -> SchedulerMixin:
         """A fresh scheduler (schedulers keep per-run state, so every sampling run gets its own)."""
@@ -80,8 +91,12 @@ class GuidedModel:
         """(conditional, unconditional) transformer inputs for ``count`` samples of ``condition``."""
         raise NotImplementedError
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The transformer's prediction (ε or velocity, latent channels only) for a batch of latents."""
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor],
+        perturbation: Perturbation | None = None,
+    ) -> torch.Tensor:
+        """The transformer's prediction (ε or velocity, latent channels only) for a batch of latents, with the
+        call's own ``perturbation`` of attention heads (None: plain attention)."""
         raise NotImplementedError
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -90,7 +105,7 @@ class GuidedModel:
 
     def describe(self) -> dict[str, Any]:
         """What the UI needs: layers, heads, how to condition and (for class models) the class names."""
-        return {"model": self.name, "layers": self.layers, "heads": self.heads, "conditioning": self.conditioning}
+        return {"model": self.name, **self.stack.describe(), "conditioning": self.conditioning}
 
     def _timesteps(self, timestep: torch.Tensor, batch: int) -> torch.Tensor:
         return timestep.to(self.device).expand(batch)
@@ -106,7 +121,11 @@ class EmbeddedDiT(GuidedModel):
 
     name = EMBEDDED_MODEL
 
-    def __init__(self, dit: torch.nn.Module, classifier: FashionClassifier, device: str, dtype: torch.dtype):
+    def __init__(
+        self, dit: torch.nn.Module, classifier: FashionClassifier, device: str, dtype: torch.dtype,
+        weights_file: Path | None = None,
+    ):
+        self.weights_file = weights_file
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         super().__init__(dit, scheduler, device, dtype)
         self.classifier = classifier.to(self.device).eval()
@@ -119,7 +138,14 @@ class EmbeddedDiT(GuidedModel):
         weights = folder / "dit.safetensors"
         if not weights.exists():
             raise FileNotFoundError(f"no embedded DiT at {weights}: run `python -m backends.guidance.train`")
-        return cls(load_dit(weights), load_classifier(folder / "classifier.safetensors"), device, dtype)
+        return cls(load_dit(weights), load_classifier(folder / "classifier.safetensors"), device, dtype, weights)
+
+    def fingerprint(self) -> str:
+        """The name, the DiT weights file's size and modification time, and the dtype."""
+        if self.weights_file is None:
+            return self.name
+        stat = self.weights_file.stat()
+        return f"{self.name}-{stat.st_size}-{int(stat.st_mtime)}-{str(self.dtype).removeprefix('torch.')}"
 
     def test_features(self) -> np.ndarray:
         """Classifier features of the Fashion-MNIST test set (computed once), the reference of ``frechet``."""
@@ -144,10 +170,15 @@ class EmbeddedDiT(GuidedModel):
         labels = torch.full((count,), self.class_index(condition), device=self.device)
         return {"class_labels": labels}, {"class_labels": torch.full_like(labels, NULL_CLASS)}
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor],
+        perturbation: Perturbation | None = None,
+    ) -> torch.Tensor:
         """Velocity (noise − image); the scheduler's timesteps are 1000·t, as in training."""
         timesteps = self._timesteps(timestep, latents.shape[0])
-        return self.transformer(latents.to(self.dtype), timestep=timesteps, **inputs).sample
+        return self.transformer(
+            latents.to(self.dtype), timestep=timesteps, **inputs, **self.attention_kwargs(perturbation)
+        ).sample
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel space already: clip to [-1, 1]."""
@@ -197,10 +228,15 @@ class HubDiT(PipelineModel):
         null = torch.full_like(labels, self.transformer.config.num_embeds_ada_norm)
         return {"class_labels": labels}, {"class_labels": null}
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor],
+        perturbation: Perturbation | None = None,
+    ) -> torch.Tensor:
         """ε (the learned-variance channels are dropped)."""
         timesteps = self._timesteps(timestep, latents.shape[0])
-        output = self.transformer(latents.to(self.dtype), timestep=timesteps, **inputs).sample
+        output = self.transformer(
+            latents.to(self.dtype), timestep=timesteps, **inputs, **self.attention_kwargs(perturbation)
+        ).sample
         return self._latent_prediction(output)
 
     def describe(self) -> dict[str, Any]:
@@ -224,12 +260,15 @@ class HubPixArt(PipelineModel):
             {"encoder_hidden_states": negative, "encoder_attention_mask": negative_mask},
         )
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor],
+        perturbation: Perturbation | None = None,
+    ) -> torch.Tensor:
         """ε (the learned-variance channels are dropped)."""
         timesteps = self._timesteps(timestep, latents.shape[0])
         output = self.transformer(
             latents.to(self.dtype), timestep=timesteps, added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-            **inputs,
+            **inputs, **self.attention_kwargs(perturbation),
         ).sample
         return self._latent_prediction(output)
 
@@ -238,6 +277,7 @@ class HubSD3(PipelineModel):
     """Stable Diffusion 3 (MM-DiT joint attention, CLIP + T5 prompt, rectified flow in latent space)."""
 
     conditioning = "prompt"
+    attention_kwargs_name = "joint_attention_kwargs"
 
     def encode(self, condition: str, count: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Joint text embeddings and pooled embeddings of the prompt and of the empty negative prompt."""
@@ -250,10 +290,15 @@ class HubSD3(PipelineModel):
             {"encoder_hidden_states": negative, "pooled_projections": negative_pooled},
         )
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, inputs: dict[str, torch.Tensor],
+        perturbation: Perturbation | None = None,
+    ) -> torch.Tensor:
         """Velocity."""
         timesteps = self._timesteps(timestep, latents.shape[0])
-        return self.transformer(hidden_states=latents.to(self.dtype), timestep=timesteps, **inputs).sample
+        return self.transformer(
+            hidden_states=latents.to(self.dtype), timestep=timesteps, **inputs, **self.attention_kwargs(perturbation)
+        ).sample
 
 
 def model_for_pipeline(pipeline: DiffusionPipeline, name: str, device: str, dtype: torch.dtype) -> PipelineModel:

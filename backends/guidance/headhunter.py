@@ -2,7 +2,7 @@
 
 Each round scores every head not yet chosen, together with the heads already chosen, on the same M seeds, and keeps
 the top k; R rounds. All candidates of a round share one batched sampler run per chunk: every sample's perturbed
-branch carries its own head set (see ``softpag.PerturbationState``).
+branch carries its own head set (see ``softpag.Perturbation``). Progress is counted in head sets scored.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backends.core.heads import Head, format_heads
 from backends.guidance.adapters import GuidedModel
 from backends.guidance.objectives import group_scores
 from backends.guidance.sampler import CancelledError, guided_sample
-from backends.guidance.softpag import format_heads, strengths_for
+from backends.guidance.softpag import strengths_for
 
-Head = tuple[int, int]
-#: progress(done steps, total steps, message)
-ProgressFn = Callable[[int, int, str], None]
+#: progress(head sets scored, head sets in all, message)
+ProgressFn = Callable[[float, float, str], None]
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,12 @@ class SearchSettings:
 
 
 def score_head_sets(
-    model: GuidedModel, head_sets: list[list[Head]], settings: SearchSettings, on_step: Callable[[int], None]
+    model: GuidedModel, head_sets: list[list[Head]], settings: SearchSettings, on_scored: Callable[[float], None]
 ) -> np.ndarray:
-    """The objective of each head set, averaged (or set-scored) over the same ``settings.seeds`` seeds."""
+    """The objective of each head set, averaged (or set-scored) over the same ``settings.seeds`` seeds.
+
+    ``on_scored(n)`` is called after every sampler step with the (fractional) number of head sets scored so far.
+    """
     seeds = list(range(settings.seeds))
     per_run = max(1, settings.max_batch // settings.seeds)
     scores = []
@@ -51,6 +54,10 @@ def score_head_sets(
         chunk = head_sets[start:start + per_run]
         rows = [pairs for pairs in chunk for _ in seeds]
         strengths = strengths_for(rows, settings.u, model.layers, model.heads)
+
+        def on_step(step: int, first: int = start, size: int = len(chunk)) -> None:
+            on_scored(first + size * (step + 1) / settings.steps)
+
         images = guided_sample(
             model, settings.condition, seeds * len(chunk), settings.steps, settings.cfg_scale, settings.pag_scale,
             strengths, on_step=on_step,
@@ -62,33 +69,31 @@ def score_head_sets(
 def head_hunter(model: GuidedModel, settings: SearchSettings, progress: ProgressFn | None = None) -> dict:
     """Run the greedy search; returns the chosen heads, each round's scores and the baseline score.
 
-    ``progress`` is called after every sampler step and may raise :class:`CancelledError`: the search then stops and
-    returns what it has chosen so far, with ``cancelled`` set.
+    ``progress(head sets scored, head sets in all, message)`` is called after every sampler step and may raise
+    :class:`CancelledError`: the search then stops and returns what it has chosen so far, with ``cancelled`` set.
     """
     start = time.perf_counter()
-    all_heads = [(layer, head) for layer in range(model.layers) for head in range(model.heads)]
-    per_run = max(1, settings.max_batch // settings.seeds)
-    runs = 1 + sum(-(-(len(all_heads) - settings.top_k * index) // per_run) for index in range(settings.rounds))
-    total, done = runs * settings.steps, 0
-    message = "baseline"
+    all_heads = model.stack.all_heads()
+    total = 1 + sum(max(0, len(all_heads) - settings.top_k * index) for index in range(settings.rounds))
+    finished, message = 0, "baseline"
 
-    def on_step(_: int) -> None:
-        nonlocal done
-        done += 1
+    def on_scored(scored: float) -> None:
         if progress is not None:
-            progress(done, total, message)
+            progress(finished + scored, total, f"{message}: {int(finished + scored)}/{total} head sets scored")
 
     chosen: list[Head] = []
     rounds: list[dict] = []
     result = {"objective": settings.objective, "settings": settings.__dict__, "cancelled": False}
     try:
-        result["baseline_score"] = round(float(score_head_sets(model, [[]], settings, on_step)[0]), 5)
+        result["baseline_score"] = round(float(score_head_sets(model, [[]], settings, on_scored)[0]), 5)
+        finished = 1
         for round_index in range(settings.rounds):
             candidates = [head for head in all_heads if head not in chosen]
             if not candidates:
                 break
-            message = f"round {round_index + 1}/{settings.rounds}: scoring {len(candidates)} heads"
-            scores = score_head_sets(model, [[*chosen, head] for head in candidates], settings, on_step)
+            message = f"round {round_index + 1}/{settings.rounds}"
+            scores = score_head_sets(model, [[*chosen, head] for head in candidates], settings, on_scored)
+            finished += len(candidates)
             best = [candidates[index] for index in np.argsort(-scores, kind="stable")[: settings.top_k]]
             chosen += best
             pairs = zip(candidates, scores, strict=True)

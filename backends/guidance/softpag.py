@@ -6,65 +6,44 @@ gives the mean of V, the output is computed linearly, without any N×N map:
 
     O_h = (1 − u)·softmax(Q_h K_hᵀ / √d)·V_h + u·T(V_h)          (torch.lerp, exact at u = 0 and u = 1)
 
-The perturbed branch is part of the same batch as the conditional and unconditional ones: the last
-``PerturbationState.perturbed_rows`` rows of every forward are perturbed, each with its own per-(layer, head)
-strengths, so a HeadHunter round can score many head sets in one batched pass. Supported attention modules:
-self-attention ``attn1`` of DiT and PixArt blocks, and SD3's joint attention ``attn`` (there only the image-token
-queries are perturbed; text queries keep their attention).
+What to perturb is an argument of each forward, never state: a :class:`Perturbation` holds per-row, per-(layer, head)
+strengths for every row of the batch and travels to the processors the way diffusers passes per-call settings,
+``transformer(..., cross_attention_kwargs={"perturbation": plan})`` (``joint_attention_kwargs`` for SD3). Calls that
+overlap in other threads therefore never see each other's heads, and a HeadHunter round scores many head sets in
+one batched pass. Supported attention modules: self-attention ``attn1`` of DiT and PixArt blocks, and SD3's joint
+attention ``attn`` (there only the image-token queries are perturbed; text queries keep their attention).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from diffusers.models.attention_processor import Attention
 from torch.nn import functional
 
+from backends.core.heads import HeadStack
+
 TARGETS = ("identity", "uniform")
 
 
-@dataclass
-class PerturbationState:
-    """What every processor installed on one transformer reads: which rows are perturbed, and how strongly.
+class Perturbation:
+    """One forward's plan: ``strengths`` [batch or 1, layers, heads] is each row's per-head u (0 = plain attention).
 
-    ``strengths`` is [P or 1, layers, heads] (on the model's device): one row of per-head strengths for each of the
-    batch's last P rows.
+    Passed to the processors as the ``perturbation`` attention kwarg; immutable once built.
     """
 
-    layers: int
-    heads: int
-    target: str = "identity"
-    strengths: torch.Tensor | None = None
-    perturbed_rows: int = 0
-    _active: tuple[bool, ...] = ()
-    _full: tuple[bool, ...] = ()
-
-    def layer_strengths(self, layer: int) -> torch.Tensor | None:
-        """[P or 1, heads] strengths of ``layer`` while it is perturbed, else None (plain attention)."""
-        return self.strengths[:, layer] if self._active and self._active[layer] else None
-
-    def fully_perturbed(self, layer: int) -> bool:
-        """Whether every head of ``layer`` has u = 1 in every perturbed row."""
-        return bool(self._full) and self._full[layer]
-
-    @contextmanager
-    def perturbing(self, strengths: torch.Tensor, rows: int, target: str = "identity") -> Iterator[None]:
-        """Within the block, the batch's last ``rows`` rows are perturbed with ``strengths`` [rows or 1, L, H]."""
+    def __init__(self, strengths: torch.Tensor, target: str = "identity"):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
-        if strengths.shape[1:] != (self.layers, self.heads) or strengths.shape[0] not in (1, rows):
-            raise ValueError(f"strengths must be [{rows} or 1, {self.layers}, {self.heads}]")
+        if strengths.dim() != 3:
+            raise ValueError("strengths must be [batch or 1, layers, heads]")
+        self.strengths, self.target = strengths, target
         self._active = tuple((strengths > 0).any(dim=2).any(dim=0).tolist())
-        self._full = tuple((strengths == 1).all(dim=2).all(dim=0).tolist())
-        self.strengths, self.perturbed_rows, self.target = strengths, rows, target
-        try:
-            yield
-        finally:
-            self.strengths, self.perturbed_rows, self.target, self._active, self._full = None, 0, "identity", (), ()
+
+    def layer_strengths(self, layer: int) -> torch.Tensor | None:
+        """[batch or 1, heads] strengths of ``layer`` when any of its heads is perturbed, else None."""
+        return self.strengths[:, layer] if self._active[layer] else None
 
 
 def soft_attention(
@@ -73,31 +52,37 @@ def soft_attention(
     value: torch.Tensor,
     mask: torch.Tensor | None,
     strengths: torch.Tensor | None,
-    rows: int,
-    target: str,
-    fully_perturbed: bool = False,
+    target: str = "identity",
     perturbed_tokens: int | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention [B, H, N, d] whose last ``rows`` rows lerp each head toward ``target``.
+    """Scaled dot-product attention [B, H, N, d] whose heads lerp toward ``target`` by their row's strength.
 
-    ``strengths`` [rows or 1, H] are the heads' u (None: plain attention, bit-identical to diffusers);
-    ``fully_perturbed`` says they are all 1. Only the first ``perturbed_tokens`` queries are perturbed (all if None).
+    ``strengths`` [B or 1, H] are the heads' u per row (None: plain attention, bit-identical to diffusers). Only the
+    first ``perturbed_tokens`` queries are perturbed (all if None).
     """
     if strengths is None:
         return functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-    normal = query.shape[0] - rows
-    if target == "identity" and fully_perturbed and perturbed_tokens is None and mask is None:
-        # every head of this layer is fully perturbed: the perturbed rows need no attention at all
-        attended = functional.scaled_dot_product_attention(query[:normal], key[:normal], value[:normal])
-        return torch.cat([attended, value[normal:]])
+    strengths = strengths.expand(query.shape[0], -1)
+    if target == "identity" and perturbed_tokens is None and mask is None:
+        full = (strengths == 1).all(dim=1)
+        if bool(full.any()):  # rows whose every head outputs its values need no attention at all
+            output = value.clone()
+            rest = ~full
+            if bool(rest.any()):
+                output[rest] = soft_attention(query[rest], key[rest], value[rest], None, strengths[rest], target)
+            return output
     output = functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    rows = (strengths > 0).any(dim=1).nonzero().flatten()
+    if rows.numel() == 0:
+        return output
     tokens = slice(None, perturbed_tokens)
+    attended = output[rows][:, :, tokens]
     if target == "identity":
-        goal = value[normal:, :, tokens]
+        goal = value[rows][:, :, tokens]
     else:
-        goal = value[normal:].mean(dim=2, keepdim=True).expand_as(output[normal:, :, tokens])
-    weight = strengths.to(output.dtype)[:, :, None, None].expand_as(goal)
-    output[normal:, :, tokens] = torch.lerp(output[normal:, :, tokens], goal, weight)
+        goal = value[rows].mean(dim=2, keepdim=True).expand_as(attended)
+    weight = strengths[rows].to(output.dtype)[:, :, None, None].expand_as(goal)
+    output[rows, :, tokens] = torch.lerp(attended, goal, weight)
     return output
 
 
@@ -125,10 +110,16 @@ def _project(
 
 
 class _LayerProcessor:
-    """An attention processor that reads layer ``layer``'s per-head strengths from the shared ``state``."""
+    """An attention processor for layer ``layer``: it perturbs what the call's ``perturbation`` says for that layer."""
 
-    def __init__(self, state: PerturbationState, layer: int):
-        self.state, self.layer = state, layer
+    def __init__(self, layer: int):
+        self.layer = layer
+
+    def strengths(self, perturbation: Perturbation | None) -> tuple[torch.Tensor | None, str]:
+        """This layer's [batch or 1, heads] strengths (None: plain attention) and the target."""
+        if perturbation is None:
+            return None, "identity"
+        return perturbation.layer_strengths(self.layer), perturbation.target
 
 
 class SoftPAGAttnProcessor(_LayerProcessor):
@@ -141,8 +132,9 @@ class SoftPAGAttnProcessor(_LayerProcessor):
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
+        perturbation: Perturbation | None = None,
     ) -> torch.Tensor:
-        """Attention of ``hidden_states`` [B, N, C] with the state's perturbation on the last rows."""
+        """Attention of ``hidden_states`` [B, N, C] with this call's ``perturbation`` applied."""
         if encoder_hidden_states is not None:
             raise ValueError("SoftPAGAttnProcessor is for self-attention layers only")
         residual = hidden_states
@@ -151,11 +143,7 @@ class SoftPAGAttnProcessor(_LayerProcessor):
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
         query, key, value = _project(attn, hidden_states, attn.to_q, attn.to_k, attn.to_v, attn.norm_q, attn.norm_k)
-        state = self.state
-        hidden_states = soft_attention(
-            query, key, value, attention_mask, state.layer_strengths(self.layer), state.perturbed_rows, state.target,
-            fully_perturbed=state.fully_perturbed(self.layer),
-        )
+        hidden_states = soft_attention(query, key, value, attention_mask, *self.strengths(perturbation))
         hidden_states = _merge_heads(hidden_states).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if attn.residual_connection:
@@ -164,7 +152,7 @@ class SoftPAGAttnProcessor(_LayerProcessor):
 
 
 class SoftPAGJointAttnProcessor(_LayerProcessor):
-    """SD3 joint-attention processor with per-head SoftPAG on the image-token queries of the last rows."""
+    """SD3 joint-attention processor with per-head SoftPAG on the image-token queries."""
 
     def __call__(
         self,
@@ -172,6 +160,7 @@ class SoftPAGJointAttnProcessor(_LayerProcessor):
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        perturbation: Perturbation | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Joint attention over [image tokens, text tokens], as diffusers' JointAttnProcessor2_0, plus SoftPAG."""
         image_tokens = hidden_states.shape[1]
@@ -184,9 +173,9 @@ class SoftPAGJointAttnProcessor(_LayerProcessor):
             query = torch.cat([query, context_query], dim=2)
             key = torch.cat([key, context_key], dim=2)
             value = torch.cat([value, context_value], dim=2)
-        state = self.state
+        strengths, target = self.strengths(perturbation)
         hidden_states = soft_attention(
-            query, key, value, None, state.layer_strengths(self.layer), state.perturbed_rows, state.target,
+            query, key, value, None, strengths, target,
             perturbed_tokens=image_tokens if encoder_hidden_states is not None else None,
         )
         hidden_states = _merge_heads(hidden_states).to(query.dtype)
@@ -198,6 +187,25 @@ class SoftPAGJointAttnProcessor(_LayerProcessor):
         if encoder_hidden_states is not None:
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+
+class PerturbationBlindProcessor:
+    """Wraps the processor of an attention module SoftPAG does not perturb (e.g. PixArt's cross-attention ``attn2``),
+    accepting and ignoring the ``perturbation`` kwarg so diffusers passes it on without a warning."""
+
+    def __init__(self, processor: Callable):
+        self.processor = processor
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        perturbation: Perturbation | None = None,
+    ) -> torch.Tensor:
+        """The wrapped processor's attention."""
+        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask)
 
 
 def attention_layers(transformer: torch.nn.Module) -> list[Attention]:
@@ -213,51 +221,21 @@ def attention_layers(transformer: torch.nn.Module) -> list[Attention]:
     return layers
 
 
-def install_softpag(transformer: torch.nn.Module) -> PerturbationState:
-    """Put SoftPAG processors on every block's attention; returns the state that steers them.
+def install_softpag(transformer: torch.nn.Module, name: str = "transformer") -> HeadStack:
+    """Put SoftPAG processors on every block's attention (once, at load); returns the perturbable head stack.
 
-    With no perturbation active the processors compute exactly what diffusers' processors compute.
+    With no ``perturbation`` passed the processors compute exactly what diffusers' processors compute.
     """
     layers = attention_layers(transformer)
-    state = PerturbationState(layers=len(layers), heads=layers[0].heads)
     for index, module in enumerate(layers):
         joint = module.add_q_proj is not None
-        module.set_processor((SoftPAGJointAttnProcessor if joint else SoftPAGAttnProcessor)(state, index))
-    return state
-
-
-_HEAD = re.compile(r"^(\d+)\.(\d+)$")
-
-
-def parse_heads(spec: str, layers: int, heads: int) -> list[tuple[int, int]]:
-    """``"2.1,3.0"`` → [(2, 1), (3, 0)] (layer.head, 0-based); ``"none"`` or "" → []; ``"all"`` → every head.
-
-    ``"L3"`` selects every head of layer 3. Raises ValueError with a readable message for anything else.
-    """
-    text = spec.strip().lower()
-    if text in ("", "none"):
-        return []
-    if text == "all":
-        return [(layer, head) for layer in range(layers) for head in range(heads)]
-    chosen: list[tuple[int, int]] = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if item.startswith("l") and item[1:].isdigit():
-            pairs = [(int(item[1:]), head) for head in range(heads)]
-        elif match := _HEAD.match(item):
-            pairs = [(int(match.group(1)), int(match.group(2)))]
-        else:
-            raise ValueError(f"heads: {item!r} is not like '2.1' (layer.head), 'L2', 'all' or 'none'")
-        for layer, head in pairs:
-            if layer >= layers or head >= heads:
-                raise ValueError(f"heads: {layer}.{head} is outside this model's {layers} layers × {heads} heads")
-            if (layer, head) not in chosen:
-                chosen.append((layer, head))
-    return chosen
-
-
-def format_heads(pairs: list[tuple[int, int]]) -> str:
-    """[(2, 1), (3, 0)] → ``"2.1,3.0"``; [] → ``"none"``."""
-    return ",".join(f"{layer}.{head}" for layer, head in pairs) or "none"
+        module.set_processor((SoftPAGJointAttnProcessor if joint else SoftPAGAttnProcessor)(index))
+    for module in transformer.modules():
+        blind = isinstance(module.processor, PerturbationBlindProcessor) if isinstance(module, Attention) else True
+        if not blind and not any(module is layer for layer in layers):
+            module.set_processor(PerturbationBlindProcessor(module.processor))
+    kind = "joint attention" if layers[0].add_q_proj is not None else "self-attention"
+    return HeadStack(f"{name} {kind}", len(layers), layers[0].heads)
 
 
 def strengths_for(head_sets: list[list[tuple[int, int]]], u: float, layers: int, heads: int) -> torch.Tensor:

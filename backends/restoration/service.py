@@ -25,6 +25,7 @@ from backends.core.client import Client, make_client
 from backends.core.config import load_config
 from backends.core.images import PreparedImage, prepare_image, to_pil
 from backends.core.service import Service, ServiceError
+from backends.core.text import check_text
 from backends.restoration.adapters import EMBEDDED_ID, EmbeddedRestorer, RestorerAdapter
 from backends.restoration.api import RestorationAPI
 from backends.restoration.classical import BASELINES, STRONGEST_BASELINES, degradation_cues, estimate_noise_sigma
@@ -88,11 +89,11 @@ class RestorationService(RestorationAPI, Service):
     # -- helpers ------------------------------------------------------------------------------------------------
     @staticmethod
     def _clean_prompt(prompt: str | None) -> str:
-        prompt = " ".join((prompt or "").split())
+        prompt = check_text(prompt, "instruction", required=False)
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ServiceError(f"The instruction is too long ({len(prompt)} characters); keep it under "
                                f"{MAX_PROMPT_CHARS}, e.g. '{SUGGESTED_PROMPTS['noise']}'.")
-        return prompt
+        return " ".join(prompt.split())
 
     @staticmethod
     def _suggestion(image: np.ndarray | None) -> dict:
@@ -150,7 +151,7 @@ class RestorationService(RestorationAPI, Service):
                 region_mask: Image.Image | None) -> Region | None:
         """The region to restore: a box ``[x0, y0, x1, y1]`` (pixels of the uploaded image) or a referring
         expression in ``region``, or a mask image; None for the whole image."""
-        region = " ".join((region or "").split())
+        region = " ".join(check_text(region, "region", required=False).split())
         if region and region_mask is not None:
             raise ServiceError("Give the region one way: a box or words, or a mask image — not both.")
         height, width = prepared.pixels.shape[:2]
