@@ -23,6 +23,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from backends.core.fashion_classifier import FashionClassifier
 from backends.core.fashion_mnist import CLASS_NAMES
 from backends.core.heads import HeadStack
+from backends.core.service import ServiceError
 from backends.guidance.data import load_split, to_model_range
 from backends.guidance.model import NULL_CLASS, load_classifier, load_dit
 from backends.guidance.softpag import Perturbation, install_softpag
@@ -163,7 +164,7 @@ class EmbeddedDiT(GuidedModel):
         for index, name in enumerate(names):
             if text in (name, *name.split("/")):
                 return index
-        raise ValueError(f"unknown class {label!r}; choose one of {', '.join(self.class_names)} (or 0–9)")
+        raise ServiceError(f"unknown class {label!r}; choose one of {', '.join(self.class_names)} (or 0–9)")
 
     def encode(self, condition: str, count: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Class labels for the conditional branch, the null class for the unconditional one."""
@@ -219,7 +220,7 @@ class HubDiT(PipelineModel):
             return int(text)
         names = {name.lower(): index for name, index in self.pipeline.labels.items()}
         if text.lower() not in names:
-            raise ValueError(f"unknown class {label!r}: give a name like 'golden retriever' or 0–{classes - 1}")
+            raise ServiceError(f"unknown class {label!r}: give a name like 'golden retriever' or 0–{classes - 1}")
         return names[text.lower()]
 
     def encode(self, condition: str, count: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from backends.core.service import ServiceError
 from backends.guidance.adapters import EmbeddedDiT, GuidedModel
 from backends.guidance.evaluate import frechet_distance
 
@@ -69,7 +70,7 @@ def per_sample(
         probabilities, _ = model.classifier.classify(images)
         names = [condition] * len(images) if isinstance(condition, str) else list(condition)
         return probabilities[np.arange(len(images)), [model.class_index(name) for name in names]]
-    raise ValueError(f"objective {objective!r} is not available for {model.name}; use one of {objectives_for(model)}")
+    raise ServiceError(f"objective {objective!r} is not available for {model.name}; use one of {objectives_for(model)}")
 
 
 def group_scores(
@@ -79,7 +80,7 @@ def group_scores(
     if objective != "frechet":
         return per_sample(model, objective, images, condition).reshape(groups, -1).mean(axis=1)
     if not isinstance(model, EmbeddedDiT):
-        raise ValueError(f"objective 'frechet' is only available for the embedded model, not {model.name}")
+        raise ServiceError(f"objective 'frechet' is only available for the embedded model, not {model.name}")
     _, features = model.classifier.classify(images)
     reference = model.test_features()
     return np.array([-frechet_distance(group, reference) for group in np.split(features, groups)])

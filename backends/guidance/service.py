@@ -26,6 +26,7 @@ from PIL import Image
 
 from backends.core.heads import EffectsCache, format_heads
 from backends.core.service import Service, ServiceError
+from backends.core.text import check_text
 from backends.guidance.adapters import ASSETS, EMBEDDED_MODEL, HUB_MODELS, GuidedModel, load_guided_model
 from backends.guidance.api import GuidanceAPI
 from backends.guidance.atlas import (
@@ -39,6 +40,8 @@ from backends.guidance.headhunter import SearchSettings, head_hunter
 from backends.guidance.objectives import OBJECTIVES, objectives_for, per_sample
 from backends.guidance.sampler import CancelledError, guided_sample
 from backends.guidance.softpag import strengths_for
+
+MAX_LABEL_CHARS = 500  # a class name or a text-to-image prompt
 
 IDLE = {"running": None, "done": 0, "total": 0, "message": ""}
 #: the head set HeadHunter chose for the embedded model (bench/bench_guidance.py); the panel's default selection
@@ -154,8 +157,7 @@ class GuidanceService(GuidanceAPI, Service):
     ) -> tuple[Image.Image, dict]:
         for name, value in (("n", n), ("steps", steps), ("cfg_scale", cfg_scale), ("pag_scale", pag_scale), ("u", u)):
             check_range(name, value)
-        if not label.strip():
-            raise ServiceError("Please give a class (embedded model) or a prompt (text-to-image models).")
+        label = check_text(label, "class (embedded model) or prompt (text-to-image models)", MAX_LABEL_CHARS)
         guided = self.model(model)
         if guided.name != EMBEDDED_MODEL and n > HUB_MAX_SAMPLES:
             raise ServiceError(f"hub models draw at most {HUB_MAX_SAMPLES} samples per call")
@@ -199,8 +201,7 @@ class GuidanceService(GuidanceAPI, Service):
                                f"{', '.join(objectives_for(guided))}")
         if not 1 <= top_k <= guided.layers * guided.heads:
             raise ServiceError(f"top_k must be between 1 and {guided.layers * guided.heads}")
-        if not label.strip():
-            raise ServiceError("Please give a class (embedded model) or a prompt (text-to-image models).")
+        label = check_text(label, "class (embedded model) or prompt (text-to-image models)", MAX_LABEL_CHARS)
         if guided.conditioning == "class":
             guided.class_index(label)  # a bad label fails now, not after the first round
         settings = SearchSettings(
@@ -237,8 +238,7 @@ class GuidanceService(GuidanceAPI, Service):
 
     def guidance_effect_grid(self, model: str = "", label: str = "Sneaker", seed: int = 0, steps: int = 20) -> tuple:
         check_range("steps", steps)
-        if not label.strip():
-            raise ServiceError("Please give a class (embedded model) or a prompt (text-to-image models).")
+        label = check_text(label, "class (embedded model) or prompt (text-to-image models)", MAX_LABEL_CHARS)
         guided = self.model(model)
         if guided.name != EMBEDDED_MODEL:
             raise ServiceError("the effect grid samples one image per head: only the embedded model is fast enough")
