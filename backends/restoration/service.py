@@ -11,6 +11,7 @@ job). A region given by a referring expression is resolved by the segmentation s
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ LOW_CONFIDENCE = 0.5
 IDENTICAL_PSNR = 100.0  # PSNR reported for identical images (instead of infinity, which JSON cannot hold)
 CBM3D_SECONDS = (8.0, 40.0)  # CBM3D's rough time here (start-up s, s per megapixel), for the progress estimate
 POLL_SECONDS = 0.1
+JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 MAX_CBM3D_PIXELS = 1024 * 1024  # larger areas would take minutes: the comparison asks for a region instead
 ROOT = Path(__file__).resolve().parents[2]
 CBM3D_CHILD = ("import sys, numpy as np; from backends.restoration.classical import denoise_cbm3d; "
@@ -345,13 +347,16 @@ class RestorationService(Service):
             reference: the clean image (optional, same size) for PSNR/SSIM.
             region: a box "[x0, y0, x1, y1]" or words naming the region to denoise (optional).
             region_mask: a mask image of the region to denoise (optional).
-            job: an id of the caller's choosing that ``restoration_progress`` and ``restoration_cancel`` take.
+            job: an id of the caller's choosing (letters, digits, '_', '-', '.') that ``restoration_progress`` and
+                ``restoration_cancel`` take.
 
         Returns:
             denoised: CBM3D's result (σ estimated from the image), computed in a child process.
             summary: JSON with ``name``, ``sigma``, ``seconds`` and, given the reference, ``psnr``/``ssim``
                 (inside/outside the region too when there is one).
         """
+        if job and not JOB_ID.fullmatch(job):
+            raise ServiceError("A job id is 1–128 letters, digits, '_', '-' or '.' (or empty).")
         prepared, clean, notes = self._prepared(image, reference)
         where = self._region(prepared, image.size, region, region_mask)
         array = prepared.pixels.astype(np.float64)
