@@ -99,7 +99,16 @@ ACCEPTED = {
     **{(name, "prompt"): {"bad json", "huge numbers"} for name in ("restore", "restore_compare")},
     ("understand", "prompt"): {"empty", "blank", "bad json", "huge numbers"},  # empty: a suggestion
     ("understand", "image"): {"missing", *CONVERTED_IMAGES},
-    **{(name, "reference"): {"missing", *CONVERTED_IMAGES} for name in ("restore", "restore_compare")},
+    # a reference or a region mask must have the image's size; a float mask has no white to select
+    **{(name, "reference"): {"missing", *CONVERTED_IMAGES - {"huge"}} for name in ("restore", "restore_compare")},
+    **{(name, "region_mask"): {"missing", *CONVERTED_IMAGES - {"huge", "float"}}
+       for name in ("restore", "restore_compare")},
+    **{(name, "region"): {"empty", "blank"} for name in ("restore", "restore_compare", "compare_cbm3d")},
+    ("restoration_region", "region_mask"): {"missing"},  # the baseline gives a box already: one region at a time
+    ("compare_cbm3d", "image"): CONVERTED_IMAGES - {"huge"},  # CBM3D takes at most 1024² px
+    ("compare_cbm3d", "reference"): {"missing"},  # the baseline image is smaller than the odd ones
+    ("compare_cbm3d", "region_mask"): {"missing"},
+    ("compare_cbm3d", "job"): {"empty", "blank"},
 }
 
 

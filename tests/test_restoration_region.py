@@ -136,6 +136,8 @@ def test_cbm3d_comparison_denoises_and_can_be_cancelled(service, noisy, clean):
     assert time.perf_counter() - started < 5
     assert seen["progress"]["running"] and seen["progress"]["expected_seconds"] > 0 and seen["cancel"]["cancelled"]
     assert service.call("restoration_cancel", "cancel-job")["cancelled"] is False
+    with pytest.raises(ServiceError, match="job id"):
+        service.call("compare_cbm3d", noisy, None, "", None, "../no such id")
     with pytest.raises(ServiceError, match="would take minutes"):
         service.call("compare_cbm3d", Image.new("RGB", (1100, 1000)), None, "", None, "")
 

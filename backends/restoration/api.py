@@ -98,7 +98,8 @@ class RestorationAPI(PanelAPI):
             reference: the clean image (optional, same size) for PSNR/SSIM.
             region: a box "[x0, y0, x1, y1]" or words naming the region to denoise (optional).
             region_mask: a mask image of the region to denoise (optional).
-            job: an id of the caller's choosing that ``restoration_progress`` and ``restoration_cancel`` take.
+            job: an id of the caller's choosing (letters, digits, '_', '-', '.') that ``restoration_progress`` and
+                ``restoration_cancel`` take.
 
         Returns:
             denoised: CBM3D's result (σ estimated from the image), computed in a child process.

@@ -11,6 +11,7 @@ job). A region given by a referring expression is resolved by the segmentation s
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ LOW_CONFIDENCE = 0.5
 IDENTICAL_PSNR = 100.0  # PSNR reported for identical images (instead of infinity, which JSON cannot hold)
 CBM3D_SECONDS = (8.0, 40.0)  # CBM3D's rough time here (start-up s, s per megapixel), for the progress estimate
 POLL_SECONDS = 0.1
+JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 MAX_CBM3D_PIXELS = 1024 * 1024  # larger areas would take minutes: the comparison asks for a region instead
 ROOT = Path(__file__).resolve().parents[2]
 CBM3D_CHILD = ("import sys, numpy as np; from backends.restoration.classical import denoise_cbm3d; "
@@ -276,6 +278,8 @@ class RestorationService(RestorationAPI, Service):
 
     def compare_cbm3d(self, image: Image.Image | None, reference: Image.Image | None = None, region: str = "",
                       region_mask: Image.Image | None = None, job: str = "") -> tuple[Image.Image, dict]:
+        if job and not JOB_ID.fullmatch(job):
+            raise ServiceError("A job id is 1–128 letters, digits, '_', '-' or '.' (or empty).")
         prepared, clean, notes = self._prepared(image, reference)
         where = self._region(prepared, image.size, region, region_mask)
         array = prepared.pixels.astype(np.float64)
