@@ -20,6 +20,7 @@ from backends.core.service import Service, ServiceError, endpoint
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
 from backends.segmentation.export import encode_rle, mask_image, overlay
 from backends.segmentation.hub import HUB_ID, HubSegmenter
+from backends.segmentation.prompts import honour_prompts
 from backends.segmentation.query import Prediction, Query, SegmentationModel, parse_box, parse_points
 from backends.segmentation.tasks import PRESENCE_THRESHOLD, Detection, detect, grounding_box, presence_score
 
@@ -127,16 +128,18 @@ class SegmentationService(Service):
         if candidate >= count or candidate < -1:
             raise ServiceError(f"candidate must be -1 (best) or 0…{count - 1}, not {candidate}")
         chosen = int(np.argmax(prediction.scores)) if candidate == -1 else candidate
-        probability = prediction.probabilities[chosen]
+        honoured = [honour_prompts(p, query, threshold) for p in prediction.probabilities]
+        probability, prompt_notes = honoured[chosen]
         mask = probability > threshold
         detections = detect(probability, threshold)
         presence = presence_score(probability, threshold)
         summary = {
             "model": segmenter.name,
+            "answered_by": prediction.extras.get("answered_by", segmenter.name),
             "score": round(float(prediction.scores[chosen]), 4),
             "candidate": chosen,
             "candidates": [{"index": i, "score": round(float(s), 4), "area": int((p > threshold).sum())}
-                           for i, (s, p) in enumerate(zip(prediction.scores, prediction.probabilities, strict=True))],
+                           for i, (s, (p, _)) in enumerate(zip(prediction.scores, honoured, strict=True))],
             "threshold": threshold,
             "boxes": [{"box": list(d.box), "score": round(d.score, 4)} for d in detections],
             "count": len(detections),
@@ -149,7 +152,8 @@ class SegmentationService(Service):
             "objects": prediction.extras.get("objects"),
             "feature_cache_hit": answer_cached or bool(prediction.extras.get("feature_cache_hit", False)),
             "answer_cache_hit": answer_cached,
-            "notes": notes + prediction.extras.get("notes", []),
+            "notes": notes + prediction.extras.get("notes", []) + prompt_notes,
+            "out_of_domain": prediction.extras.get("out_of_domain"),
         }
         summary["seconds"] = round(time.perf_counter() - started, 4)
         return Result(query, prediction, chosen, mask, detections, summary)
