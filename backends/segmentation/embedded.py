@@ -124,18 +124,19 @@ class EmbeddedSegmenter:
         return features, False
 
     @torch.no_grad()
-    def predict(self, query: Query, return_attention: bool = False) -> Prediction:
+    def predict(self, query: Query, return_attention: bool = False, fallback: bool = True) -> Prediction:
         """Three candidate probability maps at the image's size with their scores.
 
         Extras: who answered (this model or the classical fallback), whether the image features were cached, the
         objects found (category and colour guesses), notes, an out-of-domain note and, when asked, the
-        words→objects attention with the object masks and tokens (the fallback is never used then)."""
+        words→objects attention with the object masks and tokens (the fallback is never used then, nor when
+        ``fallback`` is False)."""
         pixels, frame = letterbox(query.image, self.model.config.image_size)
         features, cached = self.image_features(pixels)
         prompts = torch.from_numpy(prompt_array(query, frame)).to(self.device)[None]
         out_of_domain = self._out_of_domain(features)
         prompted = query.box is not None or any(label == 1 for _, _, label in query.points)
-        if prompted and not return_attention and (out_of_domain or
+        if prompted and fallback and not return_attention and (out_of_domain or
                                                   not self._prompts_meet_objects(features, prompts[0])):
             prediction = self.classical.predict(query)
             reason = "recognises no item in this image" if out_of_domain else \
