@@ -19,7 +19,7 @@ from backends.core.cache import LRUCache
 from backends.core.service import Service, ServiceError, endpoint
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
 from backends.segmentation.export import encode_rle, mask_image, overlay
-from backends.segmentation.hub import HUB_ID, HubSegmenter
+from backends.segmentation.hub import HUB_ID, load_hub_model
 from backends.segmentation.prompts import honour_prompts
 from backends.segmentation.query import Prediction, Query, SegmentationModel, parse_box, parse_points
 from backends.segmentation.tasks import PRESENCE_THRESHOLD, Detection, detect, grounding_box, presence_score
@@ -95,13 +95,14 @@ class SegmentationService(Service):
         return prediction, False
 
     def load_model(self, model_id: str) -> SegmentationModel:
-        """The embedded segmenter, or SAM (+ CLIPSeg) from the hub for any other id."""
+        """The embedded segmenter, or a hub model (SAM / SAM 2.1 / segment-anything + CLIPSeg, or SAM 3) for any
+        other id."""
         if model_id == EMBEDDED_ID:
             try:
                 return EmbeddedSegmenter.load(ASSETS, self.device)
             except FileNotFoundError as error:
                 raise ServiceError(str(error)) from error
-        return HubSegmenter.from_pretrained(model_id, self.device)
+        return load_hub_model(model_id, self.device)
 
     def _query(self, image: Image.Image | None, expression: str, points: str, box: str) -> tuple[Query, float, list]:
         prepared, scale, notes = prepare_image(image)
