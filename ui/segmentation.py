@@ -114,8 +114,8 @@ def mark_corner(picture: Image.Image, x: float, y: float) -> Image.Image:
     """A copy of ``picture`` with a cross-hair marker at (x, y) (picture pixels): the first corner of a box."""
     marked = picture.convert("RGB")
     draw = ImageDraw.Draw(marked)
-    size = max(4, round(min(marked.size) * 0.025))
-    for colour, width in (((0, 0, 0), 5), ((255, 220, 0), 2)):
+    size = max(6, round(min(marked.size) * 0.04))
+    for colour, width in (((0, 0, 0), 7), ((255, 220, 0), 3)):
         draw.line([(x - size, y), (x + size, y)], fill=colour, width=width)
         draw.line([(x, y - size), (x, y + size)], fill=colour, width=width)
     return marked
@@ -139,6 +139,7 @@ def build(client: Client, config: PanelConfig) -> None:
                 run = gr.Button("Segment", variant="primary")
                 clear = gr.Button("Clear clicks and box")
             example_list = gr.Dataset(components=[image, expression, points, box], samples=_examples(),
+                                      headers=["Image", "Expression", "Clicks", "Box"],
                                       label="Examples (held-out scenes: text, clicks, a box): click one to run it")
         with gr.Column(scale=1):
             domain = gr.Markdown(elem_id="segmentation-domain")
