@@ -7,7 +7,8 @@ query on it with an expression never seen before (image features and text encode
 expression (image features from the cache, text encoded), (c) a repeat with the first expression and a click
 (image features and text encoding from the caches: the panel's click loop) and (d) the same query again with
 another threshold (the answer cache: the panel's threshold/candidate loop). Medians and ratios are printed.
-Quality: the held-out sets of ``backends.segmentation.evaluate`` with the weights in assets/.
+Quality: the held-out sets of ``backends.segmentation.evaluate`` (generator held-out scenes and wordings, prompts,
+out-of-style scenes) with the weights in assets/.
 ``--write`` stores the markdown section in bench/RESULTS_segmentation.md.
 """
 
@@ -89,13 +90,15 @@ def markdown(timings: dict, quality: dict, meta: dict, threads: int, frozen: int
         f"| same query, new threshold (answer cache; with overlay and RLE) | {timings['repeat_new_threshold_ms']} | "
         f"{timings['ratio_new_threshold']} | ≤ 1/3 |",
         "",
-        "**Quality** on held-out generated scenes (seeds ≥ 2·10⁹, Fashion-MNIST test items; the candidate with the "
-        "highest score — the probability of its set of objects — is the answer; Pr@t = share of queries with IoU > t):",
+        "**Quality** on held-out generated scenes (seeds ≥ 2·10⁹, Fashion-MNIST test items) and on out-of-style "
+        "scenes drawn by the hand-coded rules of `backends/segmentation/outofstyle.py` (never trained on); the "
+        "candidate with the highest score — the probability of its set of objects — is the answer; Pr@t = share of "
+        "queries with IoU > t:",
         "",
         "| set | queries | mIoU | oIoU | Pr@0.5 | Pr@0.7 | Pr@0.9 | oracle mIoU | counting acc. | empty-mask rate |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("heldout_scenes", "heldout_wordings", "prompts"):
+    for name in ("heldout_scenes", "heldout_wordings", "prompts", "out_of_style"):
         m = quality[name]
         cells = [m.get("mIoU"), m.get("oIoU"), m.get("Pr@0.5"), m.get("Pr@0.7"), m.get("Pr@0.9"),
                  m.get("oracle_mIoU"), m.get("counting_accuracy"), m.get("empty_mask_rate")]
