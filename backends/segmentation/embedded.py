@@ -144,8 +144,8 @@ class EmbeddedSegmenter:
             note = f"the embedded model {reason}, so the classical GrabCut segmenter answered from the clicks and box"
             if query.expression.strip():
                 note += " (it does not read the expression)"
-            prediction.extras.update(feature_cache_hit=cached, objects=[], out_of_domain=OUT_OF_DOMAIN_NOTE,
-                                     notes=[note])
+            prediction.extras.update(feature_cache_hit=cached, objects=[], notes=[note],
+                                     out_of_domain=OUT_OF_DOMAIN_NOTE if out_of_domain else None)
             return prediction
         expression, notes = self._truncate(query.expression.strip())
         text = self.texts([expression])
