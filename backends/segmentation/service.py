@@ -162,8 +162,23 @@ class SegmentationService(Service):
     @endpoint("image", "json")
     def segment(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
                 model: str = "") -> tuple[Image.Image, dict]:
-        """Mask for an expression and/or clicks ``[[x, y, 1|0], …]`` and a box ``[x0, y0, x1, y1]``, plus the
-        tasks derived from it: score, detection boxes, count, grounding box and presence."""
+        """Mask for an expression and/or clicks and a box, plus the tasks derived from it.
+
+        The mask never leaves the box and no exclude click lies inside it; include clicks it misses are explained in
+        the notes. On images the embedded model does not know, clicks and a box are answered by GrabCut.
+
+        Args:
+            image: the picture to segment (any mode; huge ones are downscaled)
+            expression: what to find, e.g. "the red bag left of the sneaker" (may be empty with clicks or a box)
+            points: clicks as JSON [[x, y, 1|0], …] in image pixels (1 = include, 0 = exclude)
+            box: a box as JSON [x0, y0, x1, y1] in image pixels, or empty
+            model: model id (empty = the embedded model; see the README for hub ids)
+
+        Returns:
+            mask: the binary mask, 0/255 PNG
+            summary: JSON with score, candidates, boxes, count, grounding_box, present, presence_score,
+                answered_by, out_of_domain, notes
+        """
         result = self._answer(image, expression, points, box, model)
         return mask_image(result.mask), result.summary
 
@@ -171,8 +186,22 @@ class SegmentationService(Service):
     def segment_view(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
                      model: str = "", threshold: float = 0.5, candidate: int = -1) -> tuple[Image.Image, Image.Image,
                                                                                            dict]:
-        """As ``segment`` with a threshold and a candidate (-1 = best score); returns the overlay (mask tint,
-        contours, boxes, clicks), the mask and the JSON with the COCO RLE of the mask."""
+        """As ``segment``, with a threshold and a chosen candidate, and the overlay for the panel.
+
+        Args:
+            image: the picture to segment
+            expression: what to find (may be empty with clicks or a box)
+            points: clicks as JSON [[x, y, 1|0], …] in image pixels
+            box: a box as JSON [x0, y0, x1, y1] in image pixels, or empty
+            model: model id (empty = the embedded model)
+            threshold: probability above which a pixel is in the mask, in (0, 1)
+            candidate: which of the three candidate masks (-1 = the best score)
+
+        Returns:
+            overlay: the image with the mask tint, contours, boxes and clicks
+            mask: the binary mask, 0/255 PNG
+            summary: JSON as from segment, plus rle (the COCO run-length encoding of the mask)
+        """
         result = self._answer(image, expression, points, box, model, threshold, candidate)
         summary = {**result.summary, "rle": encode_rle(result.mask)}
         picture = overlay(result.query.image, result.mask, result.detections, result.query.points, result.query.box)
@@ -181,9 +210,24 @@ class SegmentationService(Service):
     @endpoint("image", "json")
     def segment_attention(self, image: Image.Image | None, expression: str = "", points: str = "", box: str = "",
                           layer: int = -1, head: int = -1, token: int = 1) -> tuple[Image.Image, dict]:
-        """Where text token ``token`` of the expression looks, in fusion layer ``layer`` (-1 = last) and head
-        ``head`` (-1 = mean over heads) of the embedded model: its words→objects attention painted on the objects,
-        relative to the largest weight, which may go to "nothing" (reported as ``nothing``)."""
+        """Where one token of the expression looks: words→objects attention of the embedded model on its objects.
+
+        Weights are relative to the largest, which may go to "nothing". Expressions longer than the text encoder's
+        32 tokens are cut to their first 32 tokens.
+
+        Args:
+            image: the picture
+            expression: the expression whose token is inspected
+            points: clicks as JSON [[x, y, 1|0], …] in image pixels
+            box: a box as JSON [x0, y0, x1, y1] in image pixels, or empty
+            layer: fusion layer (-1 = last)
+            head: attention head (-1 = mean over heads)
+            token: index of the token (0 = [CLS])
+
+        Returns:
+            heatmap: the attention painted on the objects over the image
+            info: JSON with tokens, token, layer, head, layers, heads, objects (weights), nothing, peak
+        """
         query, _, _ = self._query(image, expression, points, box)
         if not query.expression:
             raise ServiceError("Type an expression to see where its words look.")
