@@ -87,21 +87,21 @@ def test_a_photo_with_a_box_then_clear_then_remove(page, tmp_path: Path):
     from PIL import Image
     from skimage import data as skdata
 
-    photo = tmp_path / "coffee.png"
-    Image.fromarray(skdata.coffee()).save(photo)  # 600×400
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(skdata.chelsea()).save(photo)  # 451×300: a cat's face
     panel = _open_tab(page)
     panel.locator("input[type=file]").set_input_files(str(photo))
     result = page.locator("#segmentation-result img")
     result.wait_for(timeout=30_000)
     panel.get_by_label("Box corner").check()
     shown = result.bounding_box()
-    sx, sy = shown["width"] / 600, shown["height"] / 400
+    sx, sy = shown["width"] / 451, shown["height"] / 300
     before = result.get_attribute("src")
-    result.click(position={"x": 150 * sx, "y": 60 * sy})
+    result.click(position={"x": 80 * sx, "y": 40 * sy})
     page.wait_for_function("src => document.querySelector('#segmentation-result img').src !== src", arg=before,
                            timeout=30_000)  # the marker is drawn
     assert page.locator(".toast-body").count() == 0
-    result.click(position={"x": 450 * sx, "y": 270 * sy})
+    result.click(position={"x": 400 * sx, "y": 290 * sy})
     _wait_for_count(page)
     assert "grabcut" in page.locator("#segmentation-answer").inner_text()
     assert "unlike the embedded model" in page.locator("#segmentation-domain").inner_text()

@@ -29,6 +29,11 @@ def coffee() -> Image.Image:
     return Image.fromarray(skdata.coffee())  # 600×400: a cup on a saucer on a wooden table
 
 
+@pytest.fixture(scope="module")
+def chelsea() -> Image.Image:
+    return Image.fromarray(skdata.chelsea())  # 451×300: a cat's face
+
+
 def _two_blobs() -> np.ndarray:
     probability = np.zeros((40, 60), np.float32)
     probability[5:15, 5:15] = 0.9
@@ -82,9 +87,9 @@ def test_separation_is_high_for_distinct_colours_and_low_for_the_same():
     assert separation(np.zeros_like(pixels), left, np.ones_like(left)) == pytest.approx(0.0)
 
 
-def test_a_box_on_a_photo_gets_a_mask_inside_it(service: SegmentationService, coffee: Image.Image):
-    box = [150, 20, 450, 270]
-    mask, summary = service.call("segment", coffee, "", "", json.dumps(box), "")
+def test_a_box_on_a_photo_gets_a_mask_inside_it(service: SegmentationService, chelsea: Image.Image):
+    box = [80, 20, 400, 290]
+    mask, summary = service.call("segment", chelsea, "", "", json.dumps(box), "")
     pixels = np.asarray(mask) > 0
     assert summary["model"] == EMBEDDED_ID and summary["answered_by"] == CLASSICAL_ID
     assert pixels.sum() > 0.1 * (box[2] - box[0]) * (box[3] - box[1])
