@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from pathlib import Path
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "assets" / "segmentation" / "examples" / "scene_3.png"
 SHOTS = Path("/tmp/shots")
 COUNT = re.compile(r"count:\s*(\d+)")
+GROUNDING = re.compile(r"grounding box:\s*(\[[^\]]*\])")
 
 
 def _open_tab(page):
@@ -76,3 +78,38 @@ def test_app_listens_only_on_loopback(app_url: str):
         with socket.socket() as sock:
             sock.settimeout(2)
             assert sock.connect_ex((address, port)) != 0, f"the app answers on {address}:{port}"
+
+
+@pytest.mark.browser
+def test_a_photo_with_a_box_then_clear_then_remove(page, tmp_path: Path):
+    """A real photo: the first box corner is marked without an error, the second gives a GrabCut mask inside the
+    box with the out-of-domain note; Clear empties the answer; removing the image removes the result."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(skdata.chelsea()).save(photo)  # 451×300: a cat's face
+    panel = _open_tab(page)
+    panel.locator("input[type=file]").set_input_files(str(photo))
+    result = page.locator("#segmentation-result img")
+    result.wait_for(timeout=30_000)
+    panel.get_by_label("Box corner").check()
+    shown = result.bounding_box()
+    sx, sy = shown["width"] / 451, shown["height"] / 300
+    before = result.get_attribute("src")
+    result.click(position={"x": 80 * sx, "y": 40 * sy})
+    page.wait_for_function("src => document.querySelector('#segmentation-result img').src !== src", arg=before,
+                           timeout=30_000)  # the marker is drawn
+    assert page.locator(".toast-body").count() == 0
+    result.click(position={"x": 400 * sx, "y": 290 * sy})
+    _wait_for_count(page)
+    assert "grabcut" in page.locator("#segmentation-answer").inner_text()
+    assert "unlike the embedded model" in page.locator("#segmentation-domain").inner_text()
+    box = json.loads(panel.get_by_label("Box [x0, y0, x1, y1] (image pixels)").input_value())
+    grounding = json.loads(GROUNDING.search(page.locator("#segmentation-answer").inner_text()).group(1))
+    assert box[0] <= grounding[0] and box[1] <= grounding[1] and grounding[2] <= box[2] + 1 and \
+        grounding[3] <= box[3] + 1
+    panel.get_by_role("button", name="Clear clicks and box").click()
+    page.locator("#segmentation-answer").get_by_text("count:").wait_for(state="detached", timeout=30_000)
+    panel.get_by_role("button", name="Remove Image").click()
+    page.locator("#segmentation-result img").wait_for(state="detached", timeout=30_000)

@@ -10,10 +10,12 @@ from backends.segmentation.data import (
     COLOURS,
     HELDOUT_SEED_START,
     NEGATIVE,
+    NO_COLOUR,
     POSITIVE,
     WORDINGS,
     make_samples,
 )
+from backends.segmentation.outofstyle import out_of_style_samples
 
 TRAIN_SEEDS = range(0, 240)
 
@@ -104,3 +106,36 @@ def test_heldout_scenes_use_heldout_wordings_and_test_items():
                for i in range(30)]
     held_templates = {t.split("{")[0] for t in WORDINGS["category"][1]}
     assert all(any(s.expression.startswith(t) for t in held_templates) for s in samples if s.kind == "category")
+
+
+def test_generator_draws_uncoloured_items_wide_sizes_and_plain_backgrounds():
+    scenes = [make_samples(seed)[0] for seed in range(300)]
+    items = [it for s in scenes for it in s.items]
+    uncoloured = [it for it in items if it.colour == NO_COLOUR]
+    assert 0.08 < len(uncoloured) / len(items) < 0.25
+    for sample in scenes:
+        for item in sample.items:
+            if item.colour == NO_COLOUR:  # grey: the three channels agree (up to the translucent blend)
+                pixels = sample.image[item.mask].astype(float)
+                assert np.abs(pixels - pixels.mean(1, keepdims=True)).mean() < 40
+    sides = [max(it.box[2] - it.box[0], it.box[3] - it.box[1]) for it in items]
+    assert min(sides) <= 20 and max(sides) >= 58
+    flat = [s for s in scenes if np.ptp(s.image[~np.logical_or.reduce([it.mask for it in s.items])], 0).max() < 90]
+    brightness = [s.image[~np.logical_or.reduce([it.mask for it in s.items])].mean() for s in flat]
+    assert min(brightness) < 50 and max(brightness) > 200  # plain backgrounds, dark and light
+
+
+def test_colour_queries_never_name_uncoloured_items(train_samples):
+    for sample in train_samples:
+        if sample.kind in ("colour", "colour_category") and sample.count:
+            assert all(it.colour != NO_COLOUR for it in sample.items if (it.mask & sample.mask).any())
+
+
+def test_out_of_style_set_is_deterministic_and_consistent():
+    first, again = out_of_style_samples(40), out_of_style_samples(40)
+    assert all(np.array_equal(a.image, b.image) and a.expression == b.expression for a, b in zip(first, again,
+                                                                                               strict=True))
+    for sample in first:
+        union = np.logical_or.reduce([it.mask for it in sample.items])
+        assert not (sample.mask & ~union).any() and sample.expression
+        assert (sample.count == 0) == (not sample.mask.any())

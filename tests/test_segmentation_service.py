@@ -11,6 +11,7 @@ from PIL import Image
 
 from backends.core.client import LocalClient
 from backends.core.service import ServiceError
+from backends.segmentation.classical import CLASSICAL_ID
 from backends.segmentation.data import HELDOUT_SEED_START, make_samples
 from backends.segmentation.embedded import EMBEDDED_ID, letterbox
 from backends.segmentation.evaluate import TEXT_KINDS, evaluate_samples, heldout_samples
@@ -75,11 +76,15 @@ def test_shipped_weights_segment_held_out_scenes(service: SegmentationService):
 def test_a_click_off_the_items_and_an_empty_picture_are_explained(service: SegmentationService):
     sample = make_samples(HELDOUT_SEED_START + 11, size=256, kinds=("points",))[0]
     background = np.argwhere(~np.logical_or.reduce([it.mask for it in sample.items]))[0]
-    _, summary = service.call("segment", Image.fromarray(sample.image), "", f"[[{background[1]}, {background[0]}, 1]]",
-                              "", "")
-    assert any("no item under the click" in note for note in summary["notes"])
+    mask, summary = service.call("segment", Image.fromarray(sample.image), "",
+                                 f"[[{background[1]}, {background[0]}, 1]]", "", "")
+    assert summary["answered_by"] == CLASSICAL_ID and summary["model"] == EMBEDDED_ID
+    assert "no item under the include clicks" in summary["notes"][0] and summary["out_of_domain"] is None
+    assert np.asarray(mask)[background[0], background[1]] or "is not in the mask" in summary["notes"][-1]
     _, blank = service.call("segment", Image.new("RGB", (64, 64), (90, 90, 90)), "the bag", "", "", "")
-    assert blank["count"] == 0 and not blank["present"] and "hub model" in blank["notes"][-1]
+    assert blank["count"] == 0 and not blank["present"] and "hub model" in blank["out_of_domain"]
+    _, known = service.call("segment", Image.fromarray(sample.image), "all the items", "", "", "")
+    assert known["out_of_domain"] is None and known["answered_by"] == EMBEDDED_ID
 
 
 def test_attention_heads_can_be_inspected(service: SegmentationService, scene: Image.Image):

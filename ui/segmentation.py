@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
@@ -25,7 +25,9 @@ CANDIDATES = ("Best score", "1", "2", "3")
 INTRO = """### Referring segmentation: one mask, many tasks
 Upload an image or pick an example, type what to find (*"the bag left of the sneaker"*, *"all the shirts"*), and/or
 click on the picture on the right (include / exclude points, or two box corners). The mask also gives detection
-boxes, a count, a grounding box and a yes/no presence answer, as in RemoteSAM."""
+boxes, a count, a grounding box and a yes/no presence answer, as in RemoteSAM.
+The embedded model knows only its generated world (clothing items and simple shapes): on other photos, clicks and a
+box get a classical GrabCut answer, and text needs the hub model (CLIPSeg + SAM)."""
 
 EXPLANATION = """
 **The embedded model** (trained by HeadLab on generated scenes of Fashion-MNIST items and shapes) is object-centric.
@@ -45,6 +47,14 @@ box* = their union; *presence* = 0.5·max + 0.5·mean probability over the predi
 **Controls**: the *threshold* turns the probability map into the mask (it trims outlines); *candidate* shows another
 of the three masks (the next most probable sets of objects). Exports: the PNG mask, the boxes as JSON and the mask
 as COCO run-length encoding.
+
+**Prompts are always honoured**: the mask never leaves the box, an exclude click never lies inside it, and an
+include click outside it comes with a note saying why. When the image is unlike the embedded model's world, or no
+item it knows lies under the include clicks or in the box, OpenCV's **GrabCut** answers instead (labelled as the
+classical fallback): it fits colour models of the object and the background, seeded by the box (outside =
+background) and the clicks (a disc around each include click = probably object), and cuts between them. It does
+well on an object whose colours differ from its surroundings and badly on camouflaged or low-contrast ones, and it
+never reads the expression.
 
 **Hub path** (for real photos, needs internet): CLIPSeg turns the text into a coarse map; a box around its confident
 region and a click at its peak prompt SAM, which returns the refined masks. The embedded model only knows its
@@ -75,19 +85,40 @@ def _write_exports(mask: Image.Image, summary: dict) -> list[str]:
 
 
 def _answer_text(summary: dict) -> str:
-    present = "yes" if summary["present"] else "no"
+    """The answer line: presence, count, grounding box, who answered, the candidates, objects and notes."""
     scores = ", ".join(f"{c['index'] + 1}: {c['score']:.2f}" for c in summary["candidates"])
-    notes = "".join(f"\n\n⚠️ {note}" for note in summary["notes"])
+    if summary["area"]:
+        found = (f"**Present:** {'yes' if summary['present'] else 'no'} (presence {summary['presence_score']:.2f}) · "
+                 f"**count:** {summary['count']} · **grounding box:** {summary['grounding_box']}")
+    else:
+        found = f"**Present:** no — the mask is empty · **count:** {summary['count']}"
+    answered = summary.get("answered_by", summary["model"])
+    who = f"answered by **{answered}**" + (" (classical fallback)" if answered != summary["model"] else "")
     cached = " (image features from cache)" if summary["feature_cache_hit"] else ""
+    notes = "".join(f"\n\n⚠️ {note}" for note in summary["notes"])
     objects = summary.get("objects")
-    found = ""
-    if objects is not None:
-        listing = ", ".join(f"{o['colour']} {o['category']} {o['referred']:.2f}" for o in objects) or "none"
-        found = f"\n\n**Objects found** (the model's guesses, P(referred)): {listing}"
-    return (f"**Present:** {present} (score {summary['presence_score']:.2f}) · **count:** {summary['count']} · "
-            f"**grounding box:** {summary['grounding_box']} · candidate {summary['candidate'] + 1} of "
-            f"{len(summary['candidates'])} (scores {scores}) · {summary['seconds'] * 1000:.0f} ms{cached}"
-            f"{found}{notes}")
+    listing = ""
+    if objects:
+        items = ", ".join(f"{o['colour']} {o['category']} {o['referred']:.2f}" for o in objects)
+        listing = f"\n\n**Objects found** (the model's guesses, P(referred)): {items}"
+    return (f"{found} · {who} · candidate {summary['candidate'] + 1} of {len(summary['candidates'])} "
+            f"(candidate scores {scores}) · {summary['seconds'] * 1000:.0f} ms{cached}{listing}{notes}")
+
+
+def _domain_text(summary: dict) -> str:
+    """The out-of-domain note shown above the result (empty when the image is like the model's world)."""
+    return f"ℹ️ **{summary['out_of_domain']}**" if summary.get("out_of_domain") else ""
+
+
+def mark_corner(picture: Image.Image, x: float, y: float) -> Image.Image:
+    """A copy of ``picture`` with a cross-hair marker at (x, y) (picture pixels): the first corner of a box."""
+    marked = picture.convert("RGB")
+    draw = ImageDraw.Draw(marked)
+    size = max(6, round(min(marked.size) * 0.04))
+    for colour, width in (((0, 0, 0), 7), ((255, 220, 0), 3)):
+        draw.line([(x - size, y), (x + size, y)], fill=colour, width=width)
+        draw.line([(x, y - size), (x, y + size)], fill=colour, width=width)
+    return marked
 
 
 def build(client: Client, config: PanelConfig) -> None:
@@ -108,8 +139,10 @@ def build(client: Client, config: PanelConfig) -> None:
                 run = gr.Button("Segment", variant="primary")
                 clear = gr.Button("Clear clicks and box")
             example_list = gr.Dataset(components=[image, expression, points, box], samples=_examples(),
+                                      headers=["Image", "Expression", "Clicks", "Box"],
                                       label="Examples (held-out scenes: text, clicks, a box): click one to run it")
         with gr.Column(scale=1):
+            domain = gr.Markdown(elem_id="segmentation-domain")
             picture = gr.Image(type="pil", label="Result (click to add points)", interactive=False, format="png",
                                elem_id="segmentation-result")
             with gr.Row():
@@ -131,17 +164,21 @@ def build(client: Client, config: PanelConfig) -> None:
     def segment(img, text, pts, bx, model_id, thr, cand) -> tuple:
         view, mask, summary = call_backend(client, "segment_view", img, text or "", pts or "", bx or "",
                                            model_id or "", float(thr), CANDIDATES.index(cand) - 1)
-        return view, _answer_text(summary), _write_exports(mask, summary), summary, summary["scale"]
+        return (view, _answer_text(summary), _write_exports(mask, summary), summary, summary["scale"],
+                _domain_text(summary))
 
     inputs = [image, expression, points, box, model, threshold, candidate]
-    outputs = [picture, answer, files, details, scale]
+    outputs = [picture, answer, files, details, scale, domain]
     for trigger in (run.click, expression.submit, threshold.release, candidate.input):
         trigger(segment, inputs, outputs, **queue)
 
-    def new_image(img) -> tuple:
-        return img, "", "", 1.0, None
+    def fresh(img) -> tuple:
+        """The new (or removed) image on the result side, its clicks and box cleared, no answer on screen."""
+        return img, "", "", 1.0, None, "", None, None, ""
 
-    image.upload(new_image, image, [picture, points, box, scale, corner], queue=False)
+    cleared = [picture, points, box, scale, corner, answer, files, details, domain]
+    image.upload(fresh, image, cleared, queue=False)
+    image.clear(lambda: fresh(None), None, cleared, queue=False)
 
     def load_example(row: list) -> tuple:
         return Image.open(row[0]), row[1], row[2], row[3], CANDIDATES[0]
@@ -149,22 +186,34 @@ def build(client: Client, config: PanelConfig) -> None:
     example_list.click(load_example, example_list, [image, expression, points, box, candidate], queue=False).then(
         segment, inputs, outputs, **queue)
 
-    def add_click(img, pts, bx, click_mode, factor, first, event: gr.SelectData) -> tuple:
+    def add_click(img, view, pts, bx, click_mode, factor, first, event: gr.SelectData) -> tuple:
         if img is None:
             raise gr.Error("Upload an image or pick an example first.")
         x, y = (round(v / factor, 1) for v in event.index[:2])
         if click_mode == CLICK_MODES[2]:
             if first is None:
-                return pts, bx, (x, y)
+                return pts, bx, (x, y), mark_corner(view, *event.index[:2])
             x0, y0 = first
-            return pts, json.dumps([min(x0, x), min(y0, y), max(x0, x), max(y0, y)]), None
+            return pts, json.dumps([min(x0, x), min(y0, y), max(x0, x), max(y0, y)]), None, gr.skip()
         label = 1 if click_mode == CLICK_MODES[0] else 0
         current = json.loads(pts) if pts and pts.strip() else []
-        return json.dumps([*current, [x, y, label]]), bx, None
+        return json.dumps([*current, [x, y, label]]), bx, None, gr.skip()
 
-    picture.select(add_click, [image, points, box, mode, scale, corner], [points, box, corner], queue=False).then(
-        segment, inputs, outputs, **queue)
-    clear.click(lambda: ("", "", None), None, [points, box, corner], queue=False)
+    def segment_after_click(img, text, pts, bx, model_id, thr, cand, first) -> tuple:
+        """Segment after a click, except while a box waits for its second corner."""
+        if first is not None:
+            return tuple(gr.skip() for _ in outputs)
+        return segment(img, text, pts, bx, model_id, thr, cand)
+
+    picture.select(add_click, [image, picture, points, box, mode, scale, corner], [points, box, corner, picture],
+                   queue=False).then(segment_after_click, [*inputs, corner], outputs, **queue)
+
+    def clear_prompts(img) -> tuple:
+        """No clicks, no box, no markers and no answer: the plain image on the result side."""
+        return "", "", None, img, "", None, None, "", 1.0
+
+    clear.click(clear_prompts, image, [points, box, corner, picture, answer, files, details, domain, scale],
+                queue=False)
 
     def attention(img, text, pts, bx, tok, lay, hd) -> tuple:
         view, info = call_backend(client, "segment_attention", img, text or "", pts or "", bx or "",

@@ -17,16 +17,21 @@ class SegmentationAPI(PanelAPI):
                 model: str = "") -> tuple[Image.Image, dict]:
         """Segment what an expression, clicks and/or a box point at, with the tasks derived from the mask.
 
+        The mask never leaves the box and no exclude click lies inside it; include clicks it misses are explained in
+        the notes. On images the embedded model does not know, clicks and a box are answered by GrabCut.
+
         Args:
             image: the photo or scene (any mode; converted to RGB, large images downscaled)
-            expression: a referring expression, e.g. "the red bag"; may be empty when clicks or a box are given
+            expression: a referring expression, e.g. "the red bag"; may be empty when clicks or a box are given;
+                cut to the text encoder's 32 tokens (with a note)
             points: clicks as JSON [[x, y, 1 (include) or 0 (exclude)], ...] in image pixels, or empty
             box: a box as JSON [x0, y0, x1, y1] in image pixels, or empty
             model: "" for the embedded segmenter, or a hub id (see spaces.yml)
 
         Returns:
             mask: the binary mask as a PNG, 0 (background) or 255 (the object), at the image's size
-            result: score, candidates, detection boxes, count, grounding_box, present, presence_score, area, notes
+            result: score, candidates, detection boxes, count, grounding_box, present, presence_score, area,
+                answered_by (the model, or "grabcut" for the classical fallback), out_of_domain, notes
         """
         ...
 
@@ -59,7 +64,7 @@ class SegmentationAPI(PanelAPI):
 
         Args:
             image: the photo or scene
-            expression: a referring expression (needed: its tokens are what attends)
+            expression: a referring expression (needed: its tokens are what attends; cut to 32 tokens)
             points: clicks as JSON [[x, y, 1 or 0], ...], or empty
             box: a box as JSON [x0, y0, x1, y1], or empty
             layer: the embedded model's fusion layer, -1 for the last

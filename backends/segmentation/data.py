@@ -81,7 +81,14 @@ COLOURS = {
     "cyan": ((40, 215, 225), ("cyan", "turquoise"), ("aqua",)),
 }
 COLOUR_KEYS = tuple(COLOURS)
+NO_COLOUR = ""  # the colour of an uncoloured item (its own grey shading): colour queries never name it
 SIZE_RANGES = {"small": (18, 27), "medium": (29, 37), "large": (40, 54)}
+WIDE_SIDES = (16, 65)  # item sides for the share WIDE_SIZE_SHARE of items: ⅛ to ½ of a 128-pixel image
+WIDE_SIZE_SHARE = 0.3
+UNCOLOURED_SHARE = 0.15  # items left in their own grey shading (as dark or light as the background allows)
+TRANSLUCENT_SHARE = 0.15  # items blended over the background with opacity 0.6–0.9
+PLAIN_BACKGROUND_SHARE = 0.2  # flat grey backgrounds of any brightness with optional pixel noise
+GAPS = (3, 4)  # pixels kept free between items: 3 = as close as items can stand and still be told apart
 
 # Wordings per query kind: (training templates, held-out templates).
 WORDINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -181,7 +188,12 @@ def background_photos() -> tuple[np.ndarray, ...]:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random crop of a photo, or a procedural texture (flat, gradient, stripes, noise), as float32 [H, W, 3]."""
+    """A random crop of a photo, a procedural texture (flat, gradient, stripes, noise) or a plain grey of any
+    brightness with optional noise, as float32 [H, W, 3]."""
+    if rng.random() < PLAIN_BACKGROUND_SHARE:
+        level = rng.uniform(0, 255)
+        noise = rng.normal(0, rng.choice([0.0, rng.uniform(2, 40)]), (size, size, 1))
+        return np.repeat(np.float32(level) + noise.astype(np.float32), 3, axis=2)
     photos = background_photos()
     choice = rng.random()
     if photos and choice < 0.55:
@@ -246,7 +258,7 @@ def _item_silhouette(gray: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(ndimage.binary_closing(pixels) | pixels)
 
 
-def _render_item(category: int, side: int, images: np.ndarray, by_class: list[np.ndarray],
+def render_item(category: int, side: int, images: np.ndarray, by_class: list[np.ndarray],
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Shading in [0, 1] and a solid mask for one item of the given category on a side×side canvas."""
     if category < NUM_FASHION:
@@ -265,40 +277,67 @@ def _render_item(category: int, side: int, images: np.ndarray, by_class: list[np
     return shade, mask
 
 
+def _item_side(rng: np.random.Generator, size: int) -> tuple[int, str]:
+    """An item's side in pixels of a size×size scene and its size class."""
+    if rng.random() < WIDE_SIZE_SHARE:
+        side = int(rng.integers(*WIDE_SIDES))
+        size_class = "small" if side < SIZE_RANGES["medium"][0] else "medium" if side < SIZE_RANGES["large"][0] \
+            else "large"
+    else:
+        size_class = ("small", "medium", "large")[int(rng.integers(3))]
+        side = int(rng.integers(*SIZE_RANGES[size_class]))
+    return int(side * size / IMAGE_SIZE), size_class
+
+
+def _item_paint(rng: np.random.Generator, shade: np.ndarray, region: np.ndarray) -> tuple[str, np.ndarray]:
+    """An item's colour name and its pixels [s, s, 3] over the background ``region``: coloured (the palette
+    colour times the shading) or uncoloured (the grey shading itself, possibly inverted), opaque or translucent."""
+    if rng.random() < UNCOLOURED_SHARE:
+        colour, grey = NO_COLOUR, shade if rng.random() < 0.6 else 1.45 - shade
+        paint = np.repeat(grey[..., None] * rng.uniform(100, 185), 3, axis=2)  # grey, never white
+    else:
+        colour = COLOUR_KEYS[int(rng.integers(len(COLOUR_KEYS)))]
+        rgb = np.clip(np.array(COLOURS[colour][0], np.float32) + rng.normal(0, 12, 3), 0, 255)
+        paint = shade[..., None] * rgb
+    if rng.random() < TRANSLUCENT_SHARE:
+        opacity = rng.uniform(0.6, 0.9)
+        paint = opacity * paint + (1 - opacity) * region
+    return colour, paint.astype(np.float32)
+
+
 @functools.lru_cache(maxsize=2)
-def _class_index(split: str) -> list[np.ndarray]:
+def class_index(split: str) -> list[np.ndarray]:
     """Indices of each Fashion-MNIST class in ``split``."""
     _, labels = fashion_items(split)
     return [np.flatnonzero(labels == c) for c in range(NUM_FASHION)]
 
 
 def make_scene(rng: np.random.Generator, size: int = IMAGE_SIZE, split: str = TRAIN) -> tuple[np.ndarray, list[Item]]:
-    """Compose a scene of 1–6 non-overlapping items (4 px apart) on a random background."""
+    """Compose a scene of 1–6 non-overlapping items (3 or 4 px apart) on a random background."""
     images, _ = fashion_items("train" if split == TRAIN else "test")
-    by_class = _class_index("train" if split == TRAIN else "test")
+    by_class = class_index("train" if split == TRAIN else "test")
     canvas = _background(rng, size)
     occupied = np.zeros((size, size), bool)
     items: list[Item] = []
     wanted = int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.06, 0.14, 0.22, 0.24, 0.2, 0.14]))
+    gap = int(rng.choice(GAPS))
     # Repeat categories often so that size, position, ordinal and relation queries have something to tell apart.
     palette = rng.choice(len(CATEGORIES), size=int(rng.integers(1, 4)), replace=False)
     for _ in range(wanted):
         category = int(palette[rng.integers(len(palette))] if rng.random() < 0.6 else rng.integers(len(CATEGORIES)))
-        size_class = ("small", "medium", "large")[int(rng.integers(3))]
-        side = int(rng.integers(*SIZE_RANGES[size_class]) * size / IMAGE_SIZE)
+        side, size_class = _item_side(rng, size)
         for _attempt in range(25):
             x0, y0 = (int(v) for v in rng.integers(1, size - side, 2))
-            if not occupied[max(0, y0 - 4):y0 + side + 4, max(0, x0 - 4):x0 + side + 4].any():
+            if not occupied[max(0, y0 - gap):y0 + side + gap, max(0, x0 - gap):x0 + side + gap].any():
                 break
         else:
             continue
-        shade, local = _render_item(category, side, images, by_class, rng)
+        shade, local = render_item(category, side, images, by_class, rng)
         if not local.any():
             continue
-        colour = COLOUR_KEYS[int(rng.integers(len(COLOUR_KEYS)))]
-        rgb = np.clip(np.array(COLOURS[colour][0], np.float32) + rng.normal(0, 12, 3), 0, 255)
         region = canvas[y0:y0 + side, x0:x0 + side]
-        region[local] = shade[local, None] * rgb
+        colour, paint = _item_paint(rng, shade, region)
+        region[local] = paint[local]
         occupied[y0:y0 + side, x0:x0 + side] |= local
         full = np.zeros((size, size), bool)
         full[y0:y0 + side, x0:x0 + side] = local
@@ -361,7 +400,7 @@ def _query_category(items: list[Item], words: _Phrasing) -> tuple[str, list[int]
 
 def _query_colour_category(items: list[Item], words: _Phrasing) -> tuple[str, list[int]] | None:
     pairs = [(it.category, it.colour) for it in items]
-    unique = [p for p in set(pairs) if pairs.count(p) == 1]
+    unique = [p for p in set(pairs) if pairs.count(p) == 1 and p[1] != NO_COLOUR]
     if not unique:
         return None
     category, colour = sorted(unique)[int(words.rng.integers(len(unique)))]
@@ -371,7 +410,7 @@ def _query_colour_category(items: list[Item], words: _Phrasing) -> tuple[str, li
 
 def _query_colour(items: list[Item], words: _Phrasing) -> tuple[str, list[int]] | None:
     colours = [it.colour for it in items]
-    unique = sorted(c for c in set(colours) if colours.count(c) == 1)
+    unique = sorted(c for c in set(colours) if colours.count(c) == 1 and c != NO_COLOUR)
     if not unique:
         return None
     colour = str(words.pick(tuple(unique)))
@@ -494,8 +533,9 @@ def _query_plural(items: list[Item], words: _Phrasing) -> tuple[str, list[int]] 
         singular, plural = words.noun(category)
         text = words.template("plural").format(c=singular, cs=plural)
         return text, _matching(items, lambda it: it.category == category)
-    if choice < 0.8:
-        colour = items[int(words.rng.integers(len(items)))].colour
+    coloured = [it for it in items if it.colour != NO_COLOUR]
+    if choice < 0.8 and coloured:
+        colour = coloured[int(words.rng.integers(len(coloured)))].colour
         return (words.template("plural_colour").format(col=words.colour(colour)),
                 _matching(items, lambda it: it.colour == colour))
     group = CATEGORIES[items[int(words.rng.integers(len(items)))].category].group
@@ -594,11 +634,18 @@ def make_samples(seed: int, queries: int = 1, size: int = IMAGE_SIZE, heldout_wo
     """The samples determined by ``seed``: one scene and ``queries`` queries on it (``kinds`` restricts them)."""
     rng = np.random.default_rng(seed)
     image, items = make_scene(rng, size, HELDOUT if seed >= HELDOUT_SEED_START else TRAIN)
+    return scene_samples(image, items, rng, queries, heldout_wording, kinds)
+
+
+def scene_samples(image: np.ndarray, items: list[Item], rng: np.random.Generator, queries: int = 1,
+                  heldout_wording: bool = False, kinds: tuple[str, ...] | None = None) -> list[Sample]:
+    """``queries`` queries drawn by ``rng`` on a composed scene (``image`` and its ``items``)."""
+    size = image.shape[0]
     words = _Phrasing(rng, heldout_wording)
     samples = []
     for _ in range(queries):
         expression, target, prompts, kind = _make_query(items, rng, words, kinds, size)
-        mask = np.zeros((size, size), bool)
+        mask = np.zeros(image.shape[:2], bool)
         for i in target:
             mask |= items[i].mask
         samples.append(Sample(image, mask, expression, prompts, kind, len(target), items))

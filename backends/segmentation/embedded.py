@@ -1,5 +1,10 @@
 """The embedded referring segmenter (trained by HeadLab) as a service adapter, with per-image feature caching.
 
+Images whose objects the model does not recognise confidently (mean top category probability below
+KNOWN_CONFIDENCE) get an out-of-domain note. When include clicks or a box are given and the image is out of domain,
+or none of the model's objects lies under an include click or mostly inside the box, the classical GrabCut
+segmenter answers instead (``answered_by`` says so).
+
 Any image is letterboxed to the model's square input (padded with its mean colour, aspect ratio kept); clicks and
 the box are mapped into that frame, and the candidate maps are cropped back and resized to the image. The
 text-independent image features (foreground, objects, object tokens) and the text encodings are kept in bounded LRU
@@ -19,14 +24,28 @@ from PIL import Image
 
 from backends.core.cache import LRUCache
 from backends.core.text_encoder import MiniLMEncoder, TextCache
+from backends.segmentation.classical import ClassicalSegmenter
 from backends.segmentation.data import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, CATEGORIES, COLOUR_KEYS, MAX_PROMPTS, PAD
-from backends.segmentation.model import WEIGHTS_NAME, ImageFeatures, Segmenter, candidate_maps, load_checkpoint
+from backends.segmentation.model import (
+    WEIGHTS_NAME,
+    ImageFeatures,
+    Segmenter,
+    candidate_maps,
+    load_checkpoint,
+    prompt_evidence,
+)
 from backends.segmentation.query import Prediction, Query
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "segmentation"
 EMBEDDED_ID = "fashion-refseg"
 FEATURE_CACHE_SIZE = 16
 TEXT_CACHE_SIZE = 256
+KNOWN_CONFIDENCE = 0.6  # mean top category probability of the objects below which the image is out of domain
+BOX_SHARE = 0.5  # an object with at least this share of its pixels inside the box is one the box points at
+OUT_OF_DOMAIN_NOTE = ("This image looks unlike the embedded model's world: it learned clothing items and simple "
+                      "shapes on generated scenes and recognises none of them confidently here. Clicks and a box "
+                      "still get an answer (from the classical GrabCut segmenter when the model has no item "
+                      "there); for text on real photos choose the hub model (CLIPSeg + SAM).")
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class EmbeddedSegmenter:
         self.meta = meta or {}
         self.features: LRUCache[str, ImageFeatures] = LRUCache(FEATURE_CACHE_SIZE)
         self.texts = TextCache(self.text_encoder, TEXT_CACHE_SIZE)
+        self.classical = ClassicalSegmenter()
 
     @classmethod
     def load(cls, folder: Path = ASSETS, device: str = "cpu") -> EmbeddedSegmenter:
@@ -104,15 +124,31 @@ class EmbeddedSegmenter:
         return features, False
 
     @torch.no_grad()
-    def predict(self, query: Query, return_attention: bool = False) -> Prediction:
+    def predict(self, query: Query, return_attention: bool = False, fallback: bool = True) -> Prediction:
         """Three candidate probability maps at the image's size with their scores.
 
-        Extras: whether the image features were cached, the objects found (category and colour guesses) and,
-        when asked, the words→objects attention with the object masks and tokens."""
+        Extras: who answered (this model or the classical fallback), whether the image features were cached, the
+        objects found (category and colour guesses), notes, an out-of-domain note and, when asked, the
+        words→objects attention with the object masks and tokens (the fallback is never used then, nor when
+        ``fallback`` is False)."""
         pixels, frame = letterbox(query.image, self.model.config.image_size)
         features, cached = self.image_features(pixels)
-        text = self.texts([query.expression.strip()])
         prompts = torch.from_numpy(prompt_array(query, frame)).to(self.device)[None]
+        out_of_domain = self._out_of_domain(features)
+        prompted = query.box is not None or any(label == 1 for _, _, label in query.points)
+        if prompted and fallback and not return_attention and (out_of_domain or
+                                                  not self._prompts_meet_objects(features, prompts[0])):
+            prediction = self.classical.predict(query)
+            reason = "recognises no item in this image" if out_of_domain else \
+                "has no item under the include clicks or in the box"
+            note = f"the embedded model {reason}, so the classical GrabCut segmenter answered from the clicks and box"
+            if query.expression.strip():
+                note += " (it does not read the expression)"
+            prediction.extras.update(feature_cache_hit=cached, objects=[], notes=[note],
+                                     out_of_domain=OUT_OF_DOMAIN_NOTE if out_of_domain else None)
+            return prediction
+        expression, notes = self._truncate(query.expression.strip())
+        text = self.texts([expression])
         out = self.model.decode([features], text.tokens, text.mask, prompts, return_attention)
         count = features.tokens.shape[0]
         maps, scores, _ = candidate_maps(features, out.logits[0, :count], self.model.config.num_masks)
@@ -121,25 +157,52 @@ class EmbeddedSegmenter:
         maps = maps[None, :, top:top + max(1, h), left:left + max(1, w)]
         maps = F.interpolate(maps, size=(frame.height, frame.width), mode="bilinear", align_corners=False)[0]
         referred = torch.sigmoid(out.logits[0, :count]).tolist()
-        extras: dict = {"feature_cache_hit": cached, "objects": [
+        extras: dict = {"answered_by": EMBEDDED_ID, "feature_cache_hit": cached, "objects": [
             {"category": CATEGORIES[int(c)].key, "colour": COLOUR_KEYS[int(k)], "referred": round(p, 4)}
             for c, k, p in zip(features.category_logits.argmax(1).tolist(), features.colour_logits.argmax(1).tolist(),
                                referred, strict=True)]}
-        extras["notes"] = self._notes(features, query, frame)
+        extras["notes"] = notes + self._notes(features, query, frame)
+        extras["out_of_domain"] = OUT_OF_DOMAIN_NOTE if out_of_domain else None
         if return_attention and out.attention is not None:
             extras["attention"] = out.attention
             extras["object_masks"] = features.masks
-            extras["tokens"] = self.text_encoder.tokenizer.convert_ids_to_tokens(
-                self.text_encoder.tokenizer(query.expression.strip())["input_ids"])
+            extras["tokens"] = self.text_encoder.tokenizer.convert_ids_to_tokens(self._token_ids(expression))
             extras["frame"] = frame
         return Prediction(maps.clamp(0, 1).cpu().numpy(), scores, extras)
 
+    def _token_ids(self, expression: str) -> list[int]:
+        """The text encoder's token ids of ``expression`` (with [CLS] and [SEP]), not truncated."""
+        return self.text_encoder.tokenizer(expression)["input_ids"]
+
+    def _truncate(self, expression: str) -> tuple[str, list[str]]:
+        """``expression`` cut to what the text encoder reads (its first max_length tokens) and a note if it was."""
+        ids = self._token_ids(expression)
+        limit = self.text_encoder.max_length
+        if len(ids) <= limit:
+            return expression, []
+        kept = self.text_encoder.tokenizer.decode(ids[1:limit - 1])
+        return kept, [f"the expression has {len(ids)} tokens; the text encoder reads {limit}, so only "
+                      f"\"{kept}\" was used"]
+
+    @staticmethod
+    def _out_of_domain(features: ImageFeatures) -> bool:
+        """Whether the objects found are ones the model does not recognise (mean top category probability)."""
+        if features.tokens.shape[0] == 0:
+            return True
+        confidence = features.category_logits.softmax(-1).amax(-1).mean()
+        return bool(confidence < KNOWN_CONFIDENCE)
+
+    @staticmethod
+    def _prompts_meet_objects(features: ImageFeatures, prompts: torch.Tensor) -> bool:
+        """Whether an object lies under an include click or mostly inside the box (prompt rows [P, 3])."""
+        if features.tokens.shape[0] == 0:
+            return False
+        evidence = prompt_evidence(features.masks, prompts)
+        return bool((evidence[:, 0] > 0).any() or (evidence[:, 4] >= BOX_SHARE).any())
+
     @staticmethod
     def _notes(features: ImageFeatures, query: Query, frame: Frame) -> list[str]:
-        """Plain-language notes when the model found nothing to work with."""
-        if features.tokens.shape[0] == 0:
-            return ["the embedded model found no items it knows in this image (it learned clothing items and simple "
-                    "shapes on generated scenes); for real photos choose the hub model (CLIPSeg + SAM)"]
+        """Notes on include clicks that fall on no object."""
         side = features.masks.shape[-1]
         notes = []
         for x, y, label in query.points:

@@ -22,7 +22,8 @@ from backends.core.service import Service, ServiceError
 from backends.segmentation.api import SegmentationAPI
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
 from backends.segmentation.export import encode_rle, mask_image, overlay
-from backends.segmentation.hub import HUB_ID, HubSegmenter
+from backends.segmentation.hub import HUB_ID, load_hub_model
+from backends.segmentation.prompts import honour_prompts
 from backends.segmentation.query import Prediction, Query, SegmentationModel, parse_box, parse_points
 from backends.segmentation.tasks import PRESENCE_THRESHOLD, Detection, detect, grounding_box, presence_score
 
@@ -66,13 +67,14 @@ class SegmentationService(SegmentationAPI, Service):
         return prediction, False
 
     def load_model(self, model_id: str) -> SegmentationModel:
-        """The embedded segmenter, or SAM (+ CLIPSeg) from the hub for any other id."""
+        """The embedded segmenter, or a hub model (SAM / SAM 2.1 / segment-anything + CLIPSeg, or SAM 3) for any
+        other id."""
         if model_id == EMBEDDED_ID:
             try:
                 return EmbeddedSegmenter.load(ASSETS, self.device)
             except FileNotFoundError as error:
                 raise ServiceError(str(error)) from error
-        return HubSegmenter.from_pretrained(model_id, self.device)
+        return load_hub_model(model_id, self.device)
 
     def _query(self, image: Image.Image | None, expression: str, points: str, box: str) -> tuple[Query, float, list]:
         pixels, scale, notes = prepare_image(image)
@@ -99,16 +101,18 @@ class SegmentationService(SegmentationAPI, Service):
         if candidate >= count or candidate < -1:
             raise ServiceError(f"candidate must be -1 (best) or 0…{count - 1}, not {candidate}")
         chosen = int(np.argmax(prediction.scores)) if candidate == -1 else candidate
-        probability = prediction.probabilities[chosen]
+        honoured = [honour_prompts(p, query, threshold) for p in prediction.probabilities]
+        probability, prompt_notes = honoured[chosen]
         mask = probability > threshold
         detections = detect(probability, threshold)
         presence = presence_score(probability, threshold)
         summary = {
             "model": segmenter.name,
+            "answered_by": prediction.extras.get("answered_by", segmenter.name),
             "score": round(float(prediction.scores[chosen]), 4),
             "candidate": chosen,
             "candidates": [{"index": i, "score": round(float(s), 4), "area": int((p > threshold).sum())}
-                           for i, (s, p) in enumerate(zip(prediction.scores, prediction.probabilities, strict=True))],
+                           for i, (s, (p, _)) in enumerate(zip(prediction.scores, honoured, strict=True))],
             "threshold": threshold,
             "boxes": [{"box": list(d.box), "score": round(d.score, 4)} for d in detections],
             "count": len(detections),
@@ -121,7 +125,8 @@ class SegmentationService(SegmentationAPI, Service):
             "objects": prediction.extras.get("objects"),
             "feature_cache_hit": answer_cached or bool(prediction.extras.get("feature_cache_hit", False)),
             "answer_cache_hit": answer_cached,
-            "notes": notes + prediction.extras.get("notes", []),
+            "notes": notes + prediction.extras.get("notes", []) + prompt_notes,
+            "out_of_domain": prediction.extras.get("out_of_domain"),
         }
         summary["seconds"] = round(time.perf_counter() - started, 4)
         return Result(query, prediction, chosen, mask, detections, summary)

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from safetensors.torch import load_file
 
 from backends.core.text_encoder import MiniLMEncoder, TextCache
-from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, Sample, make_samples
+from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, NO_COLOUR, Sample, make_samples
 from backends.segmentation.evaluate import evaluate_heldout
 from backends.segmentation.model import (
     CONFIG_NAME,
@@ -133,7 +133,8 @@ def training_step(model: Segmenter, texts: TextCache, scenes: list[list[Sample]]
         encoded = model.embed_objects(images[index], masks)
         features.append(encoded)
         categories += [items[o].category if o >= 0 else IGNORE for o in owners]
-        colours += [COLOUR_KEYS.index(items[o].colour) if o >= 0 else IGNORE for o in owners]
+        colours += [COLOUR_KEYS.index(items[o].colour) if o >= 0 and items[o].colour != NO_COLOUR else IGNORE
+                    for o in owners]
         for sample in scene:
             referred = {i for i, item in enumerate(items) if (item.mask & sample.mask).any()}
             targets.append([float(o in referred) for o in owners])
