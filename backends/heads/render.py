@@ -127,25 +127,31 @@ def _axis_ticks(offsets: list[int], thumb: int) -> tuple[list[float], list[str]]
     return [offsets[index] + thumb / 2 for index in chosen], [str(index) for index in chosen]
 
 
-def heatmap_figure(attention: np.ndarray, tokens: list[str], title: str, hide_first: bool, causal: bool) -> Figure:
-    """A ``[T, T]`` map (rows = queries, columns = keys) with token labels; the first column greyed out if hidden."""
-    n_tokens = attention.shape[0]
+def heatmap_figure(
+    attention: np.ndarray, rows: list[str], columns: list[str], title: str, hide_first: bool, causal: bool
+) -> Figure:
+    """A map (rows = queries, columns = keys) with a label per row and column; the first column greyed out if
+    hidden, the part above the diagonal masked out for an exact causal map."""
+    n_rows, n_columns = attention.shape
     values = np.ma.masked_array(attention, mask=np.zeros_like(attention, dtype=bool))
     if causal:
         values.mask |= np.triu(np.ones_like(attention, dtype=bool), k=1)
-    if hide_first and n_tokens > 1:
+    if hide_first and n_columns > 1:
         values.mask[:, 0] = True
-    labelled = n_tokens <= LABELLED_TOKENS
-    side = 3.2 + (0.13 * n_tokens if labelled else 5.5)
+    longest = max(n_rows, n_columns)
+    labelled = longest <= LABELLED_TOKENS
+    side = 3.2 + (0.13 * longest if labelled else 5.5)
     figure = Figure(figsize=(min(side, 14) + 1.2, min(side, 14)), dpi=DPI)
     axes = figure.add_subplot()
     cmap = colormaps[CMAP].with_extremes(bad="#d9d9d9")
-    image = axes.imshow(values, cmap=cmap, interpolation="nearest", vmin=0, vmax=max(float(values.max() or 0), 1e-9))
+    peak = max(float(values.max() or 0), 1e-9)
+    image = axes.imshow(values, cmap=cmap, interpolation="nearest", vmin=0, vmax=peak, aspect="auto")
     figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label="attention weight")
-    positions, names = _tick_labels(tokens)
-    font = 8 if n_tokens <= 40 else 6
-    axes.set_xticks(positions, names, rotation=90, fontsize=font)
-    axes.set_yticks(positions, names, fontsize=font)
+    font = 8 if longest <= 40 else 6
+    column_ticks, column_names = _tick_labels(columns)
+    row_ticks, row_names = _tick_labels(rows)
+    axes.set_xticks(column_ticks, column_names, rotation=90, fontsize=font)
+    axes.set_yticks(row_ticks, row_names, fontsize=font)
     axes.set_xlabel("key (attended to)")
     axes.set_ylabel("query (attending)")
     axes.set_title(title, fontsize=9)
@@ -169,18 +175,18 @@ def figure_svg(figure: Figure) -> str:
     return buffer.getvalue()
 
 
-def matrix_json(attention: np.ndarray, tokens: list[str], meta: dict) -> str:
-    """A head's matrix with its tokens as JSON (``meta`` says which model, layer and head)."""
-    return json.dumps({**meta, "tokens": tokens, "attention": np.round(attention, 6).tolist()}, ensure_ascii=False)
+def matrix_json(attention: np.ndarray, rows: list[str], columns: list[str], meta: dict) -> str:
+    """A map's matrix with its row (query) and column (key) labels as JSON (``meta`` says which map and window)."""
+    payload = {**meta, "rows": rows, "columns": columns, "attention": np.round(attention, 6).tolist()}
+    return json.dumps(payload, ensure_ascii=False)
 
 
-def matrix_csv(attention: np.ndarray, tokens: list[str]) -> str:
-    """A head's matrix as CSV: a header of key tokens, then one row per query token."""
+def matrix_csv(attention: np.ndarray, rows: list[str], columns: list[str]) -> str:
+    """A map's matrix as CSV: a header of key labels, then one row per query label."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    labels = [f"{index}:{token}" for index, token in enumerate(tokens)]
-    writer.writerow(["query \\ key", *labels])
-    for label, row in zip(labels, attention, strict=True):
+    writer.writerow(["query \\ key", *columns])
+    for label, row in zip(rows, attention, strict=True):
         writer.writerow([label, *(f"{value:.6g}" for value in row)])
     return buffer.getvalue()
 
@@ -191,9 +197,8 @@ def display_token(token: str) -> str:
     return shown[:14] or "∅"
 
 
-def _tick_labels(tokens: list[str]) -> tuple[list[int], list[str]]:
-    if len(tokens) <= LABELLED_TOKENS:
-        return list(range(len(tokens))), [display_token(token) for token in tokens]
-    step = -(-len(tokens) // 40)
-    positions = list(range(0, len(tokens), step))
-    return positions, [f"{index} {display_token(tokens[index])}" for index in positions]
+def _tick_labels(labels: list[str]) -> tuple[list[int], list[str]]:
+    """Every label up to ``LABELLED_TOKENS`` of them, else about 40 evenly spaced ones."""
+    step = 1 if len(labels) <= LABELLED_TOKENS else -(-len(labels) // 40)
+    positions = list(range(0, len(labels), step))
+    return positions, [labels[index] for index in positions]
