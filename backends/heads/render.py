@@ -22,7 +22,7 @@ CMAP = "magma"
 GAP = 2  # pixels between thumbnails
 GROUP_GAP = 6  # pixels between key/value groups (GQA)
 DPI = 100
-MARGIN_LEFT, MARGIN_TOP, MARGIN_RIGHT, MARGIN_BOTTOM = 44, 40, 12, 34  # model-view margins in pixels
+MARGIN_LEFT, MARGIN_TOP, MARGIN_RIGHT, MARGIN_BOTTOM = 44, 40, 12, 64  # model-view margins in pixels
 LABELLED_TOKENS = 80  # heatmaps label every token up to this length, then every n-th
 
 
@@ -30,19 +30,14 @@ LABELLED_TOKENS = 80  # heatmaps label every token up to this length, then every
 class ModelViewLayout:
     """Where each head's thumbnail sits in the model-view image (pixels, origin top-left), for click → head.
 
-    Layers run along the longer side: rows for models with more heads than layers, columns otherwise (SmolLM2's
-    30 layers × 9 heads become a wide image). Query heads that share a key/value head sit closer together.
+    Layers are always the columns (left to right) and heads the rows, whatever the model's shape. Query heads that
+    share a key/value head sit closer together.
     """
 
     thumb: int
     n_layers: int
     n_heads: int
     heads_per_group: int
-
-    @property
-    def layers_on_rows(self) -> bool:
-        """True when layers are the rows (and heads the columns)."""
-        return self.n_layers <= self.n_heads
 
     def layer_offsets(self) -> list[int]:
         """Start of each layer's thumbnails along the layer axis, from the grid's edge."""
@@ -57,19 +52,15 @@ class ModelViewLayout:
 
     def grid_size(self) -> tuple[int, int]:
         """(width, height) of the thumbnail grid."""
-        layer_extent = self.layer_offsets()[-1] + self.thumb
-        head_extent = self.head_offsets()[-1] + self.thumb
-        return (head_extent, layer_extent) if self.layers_on_rows else (layer_extent, head_extent)
+        return self.layer_offsets()[-1] + self.thumb, self.head_offsets()[-1] + self.thumb
 
     def as_dict(self) -> dict:
         """JSON form for the UI: the image-pixel start of each row and column, what rows are ("layer" or "head") and
         the thumbnail side; a click at (x, y) is on row r when ``rows[r] <= y < rows[r] + thumb``, likewise columns."""
-        layer_axis, head_axis = self.layer_offsets(), self.head_offsets()
-        rows, columns = (layer_axis, head_axis) if self.layers_on_rows else (head_axis, layer_axis)
         return {
-            "rows": [MARGIN_TOP + offset for offset in rows],
-            "columns": [MARGIN_LEFT + offset for offset in columns],
-            "rows_are": "layer" if self.layers_on_rows else "head",
+            "rows": [MARGIN_TOP + offset for offset in self.head_offsets()],
+            "columns": [MARGIN_LEFT + offset for offset in self.layer_offsets()],
+            "rows_are": "head",
             "thumb": self.thumb,
             "heads_per_group": self.heads_per_group,
         }
@@ -85,8 +76,7 @@ def model_view_mosaic(thumbnails: torch.Tensor, layout: ModelViewLayout) -> np.n
     size = layout.thumb
     for layer, layer_start in enumerate(layout.layer_offsets()):
         for head, head_start in enumerate(layout.head_offsets()):
-            top, left = (layer_start, head_start) if layout.layers_on_rows else (head_start, layer_start)
-            canvas[top : top + size, left : left + size] = colours[layer, head]
+            canvas[head_start : head_start + size, layer_start : layer_start + size] = colours[layer, head]
     return canvas
 
 
@@ -106,18 +96,27 @@ def model_view_figure(thumbnails: torch.Tensor, heads_per_group: int, title: str
         extent=(0, grid_width, grid_height, 0),
     )
     head_label = "head" + (f" (groups of {heads_per_group} share a KV head)" if heads_per_group > 1 else "")
-    layer_ticks = _axis_ticks(layout.layer_offsets(), thumb)
-    head_ticks = _axis_ticks(layout.head_offsets(), thumb)
-    rows, columns = (layer_ticks, head_ticks) if layout.layers_on_rows else (head_ticks, layer_ticks)
-    axes.set_yticks(*rows, fontsize=7)
-    axes.set_xticks(*columns, fontsize=7)
-    axes.set_ylabel("layer" if layout.layers_on_rows else head_label, fontsize=8)
-    axes.set_xlabel(head_label if layout.layers_on_rows else "layer", fontsize=8)
+    axes.set_yticks(*_axis_ticks(layout.head_offsets(), thumb), fontsize=7)
+    axes.set_xticks(*_axis_ticks(layout.layer_offsets(), thumb), fontsize=7)
+    axes.set_ylabel(head_label, fontsize=8)
+    axes.set_xlabel("layer", fontsize=8)
     axes.tick_params(length=0, pad=2)
     for side in axes.spines.values():
         side.set_visible(False)
+    _contrast_legend(figure, width, height)
     figure.suptitle(title, fontsize=8, y=1 - 8 / height, va="top")
     return figure, layout
+
+
+def _contrast_legend(figure: Figure, width: int, height: int) -> None:
+    """A colour bar under the grid: colour against the weight as a share of that head's own maximum (√ contrast)."""
+    legend_width = min(220, width - MARGIN_LEFT - MARGIN_RIGHT)
+    bar = figure.add_axes((1 - (MARGIN_RIGHT + legend_width) / width, 4 / height, legend_width / width, 7 / height))
+    bar.imshow(np.linspace(0, 1, 256)[None, :], cmap=CMAP, aspect="auto", extent=(0, 1, 0, 1))
+    bar.set_yticks([])
+    bar.set_xticks([0, 0.5, 1], ["0", "¼ of max", "head's max"], fontsize=6)
+    bar.tick_params(length=2, pad=1)
+    bar.set_title("weight (√ scale, per head)", fontsize=6, pad=2)
 
 
 def _axis_ticks(offsets: list[int], thumb: int) -> tuple[list[float], list[str]]:

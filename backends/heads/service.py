@@ -38,6 +38,7 @@ from backends.heads.attention import (
 )
 from backends.heads.generation import generate_with_attention
 from backends.heads.models import EMBEDDED_MODELS, SMOLLM2, LanguageModel, load_language_model
+from backends.heads.needles import NeedleCache, NeedleSetup
 from backends.heads.scores import ProbeScoreCache, TextScores, head_scores
 
 MAX_CONTROL_SHARE = 0.05  # more control characters than this and the input is not text
@@ -397,6 +398,28 @@ class HeadsService(Service):
         require_causal(lm)
         retrieval = self._probe_scores.get(lm)["scores"]["retrieval"]
         return ablation_report(lm, text, heads, mode, retrieval)
+
+    _needles = NeedleCache()  # long needle-in-a-haystack reports: computed once per model (minutes on a CPU)
+
+    @endpoint("json")
+    def heads_needles(self, model: str = "") -> dict:
+        """Retrieval heads found the way Wu et al. do (needles at several depths of 1k–8k-token haystacks), and
+        streaming heads tested by ablation (every KV head outside a kept set sees only 4 sink + 256 recent tokens).
+
+        Computed on the first call for a model (minutes on a CPU), then served from memory or HeadLab's cache folder.
+
+        Args:
+            model: the model id ("" = the embedded SmolLM2); causal models only.
+
+        Returns:
+            report: ``retrieval`` and ``retrieval_by_length`` ([layer][head] grids), ``needle_map`` (depth × length →
+                answered), ``tests`` (each answer), and ``streaming.splits``: per kept set (full attention, top
+                retrieval heads, RazorAttention's, random) the held-out needle ``accuracy`` and ``kv_share`` kept.
+        """
+        lm = self.model(model)
+        require_causal(lm)
+        razor = self._probe_scores.get(lm)["razor"]["retrieval_kv_heads"]
+        return self._needles.get(lm, razor, NeedleSetup())
 
     @endpoint("json")
     def heads_generate(self, model: str, text: str, n_tokens: int = 12) -> dict:
