@@ -63,7 +63,11 @@ def test_the_picked_head_is_outlined_and_layers_are_always_columns():
     image = render.figure_png(figure)
     marked = heads.highlighted(image, geometry, layer=4, head=7)
     left, top = geometry["columns"][4], geometry["rows"][7]
-    assert marked.getpixel((left - 1, top + 3)) == (0, 229, 255) and image.getpixel((left - 1, top + 3)) != (0, 229, 255)
+    assert marked.getpixel((left - 1, top + 3)) == (0, 229, 255) and image.getpixel((left - 1, top + 3)) != (
+        0,
+        229,
+        255,
+    )
     assert heads.highlighted(None, geometry, 0, 0) is None
 
 
