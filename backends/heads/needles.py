@@ -36,6 +36,7 @@ SCORING_NEEDLE = (
 )
 HELD_OUT_NEEDLE = ("The code of the old vault is 9362.", "What is the code of the old vault?", "9362")
 SINK, WINDOW = 4, 256  # RazorAttention's streaming heads: 4 sink tokens + 256 recent ones
+ANSWER_ROOM = 32  # a haystack of length L leaves this many positions of the context for the answer
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class NeedleSetup:
 
 
 def haystack_probe(lm: LanguageModel, needle: tuple[str, str, str], depth: float, n_tokens: int, seed: int):
-    """A prompt of at most ``n_tokens`` tokens: varied filler with the needle at ``depth``, then the question."""
+    """A prompt of at most ``n_tokens`` − ``ANSWER_ROOM`` tokens: varied filler with the needle at ``depth``, then the
+    question (the rest of the ``n_tokens`` is room for the answer)."""
     sentence, question, _ = needle
+    n_tokens -= ANSWER_ROOM
     sentences = filler_sentences(lm.tokenizer, n_tokens, seed)
     while True:
         probe = needle_probe(lm.tokenizer, sentences, sentence, question, depth)

@@ -110,11 +110,12 @@ def model_view_figure(thumbnails: torch.Tensor, heads_per_group: int, title: str
 
 def _contrast_legend(figure: Figure, width: int, height: int) -> None:
     """A colour bar under the grid: colour against the weight as a share of that head's own maximum (√ contrast)."""
-    legend_width = min(220, width - MARGIN_LEFT - MARGIN_RIGHT)
-    bar = figure.add_axes((1 - (MARGIN_RIGHT + legend_width) / width, 4 / height, legend_width / width, 7 / height))
+    legend_width = min(220, width - MARGIN_LEFT - MARGIN_RIGHT - 24)
+    left = 1 - (MARGIN_RIGHT + 24 + legend_width) / width
+    bar = figure.add_axes((left, 16 / height, legend_width / width, 7 / height))
     bar.imshow(np.linspace(0, 1, 256)[None, :], cmap=CMAP, aspect="auto", extent=(0, 1, 0, 1))
     bar.set_yticks([])
-    bar.set_xticks([0, 0.5, 1], ["0", "¼ of max", "head's max"], fontsize=6)
+    bar.set_xticks([0, 0.5, 1], ["0", "¼ of max", "max"], fontsize=6)
     bar.tick_params(length=2, pad=1)
     bar.set_title("weight (√ scale, per head)", fontsize=6, pad=2)
 

@@ -141,7 +141,6 @@ class TextScores:
         self.received: dict[int, torch.Tensor] = {}  # layer → [H, T]: Σ over later queries t > s of A[t, s]
         self.target_rows = {name: 0 for name in TEMPLATES}
         self.n_tokens = 0
-        self.values: dict[str, torch.Tensor] = {}
         self.fai_anchor = torch.full((n_layers, n_heads), -1, dtype=torch.long)
 
     def update(self, layer: int, chunk: AttentionChunk) -> None:
@@ -190,13 +189,14 @@ class TextScores:
                 for name, count in self.target_rows.items()
             }
 
-    def _finish(self) -> None:
+    @property
+    def values(self) -> dict[str, torch.Tensor]:
+        """Every score ``[layers, heads]`` from the sums so far (and ``fai_anchor`` updated alongside)."""
         n_tokens = self.n_tokens
-        for name in TEMPLATES:
-            self.values[name] = (self.sums[name] / max(self.target_rows[name], 1)).float()
-        self.values["sink"] = (self.sums["sink"] / max(n_tokens - 1, 1)).float()
-        self.values["waad"] = (self.sums["waad"] / max(n_tokens - 1, 1)).float()
-        fai = torch.zeros_like(self.values["sink"])
+        values = {name: (self.sums[name] / max(self.target_rows[name], 1)).float() for name in TEMPLATES}
+        values["sink"] = (self.sums["sink"] / max(n_tokens - 1, 1)).float()
+        values["waad"] = (self.sums["waad"] / max(n_tokens - 1, 1)).float()
+        fai = torch.zeros_like(values["sink"])
         last_anchor = n_tokens - 1 - self.window  # positions s in [1, last_anchor] have ≥ W later queries
         for layer, received in self.received.items():
             if last_anchor >= 1:
@@ -204,11 +204,11 @@ class TextScores:
                 best, position = (received[:, 1 : last_anchor + 1] / later[1 : last_anchor + 1]).max(-1)
                 fai[layer] = best.float()
                 self.fai_anchor[layer] = position + 1
-        self.values["fai"] = fai
+        values["fai"] = fai
+        return values
 
     def result(self) -> dict:
         """``{score: [layer][head]}`` for the six text-based scores, plus ``fai_anchor`` positions."""
-        self._finish()
         found = {name: _rounded(values) for name, values in self.values.items()}
         found["fai_anchor"] = self.fai_anchor.tolist()
         return found
@@ -219,7 +219,6 @@ def repeated_token_scores(lm: LanguageModel, probe: RepeatedTokens) -> dict:
     """The three template scores on the repeated random-token probe, and RazorAttention's split per KV head."""
     reducer = TextScores(lm.n_layers, lm.n_heads)
     run_with_attention(lm, probe.input_ids, [reducer])
-    reducer.result()
     templates = {name: reducer.values[name] for name in TEMPLATES}
     return {"templates": templates, "razor": razor_split(lm, templates["duplicate"], templates["induction"])}
 
