@@ -186,9 +186,11 @@ def test_remote_transport_matches_in_process(client, remote):
     local = client.call("heads_analyze", "minilm", TEXT)
     answer = remote.call("heads_analyze", "minilm", TEXT)
     assert answer["tokens"] == local["tokens"] and answer["stats"] == local["stats"]
-    image, layout = remote.call("heads_model_view", "minilm", TEXT, 0)
+    image, layout = remote.call("heads_model_view", "minilm", TEXT, 0, 0, 0)
     assert isinstance(image, Image.Image) and layout["rows_are"] == "head"
-    assert isinstance(remote.call("heads_map", "minilm", TEXT, "rollout", 0, 0, 0), Image.Image)
+    assert isinstance(remote.call("heads_map", "minilm", TEXT, "rollout", 0, 0, 0, 0, 0, -1, -1), Image.Image)
+    zoomed = remote.call("heads_map", "minilm", TEXT, "head", 2, 3, 0, 2, 6, 0, 4)
+    assert isinstance(zoomed, Image.Image) and zoomed.size != image.size
     with pytest.raises(ServiceError, match="empty"):
         remote.call("heads_analyze", "minilm", "")
     assert remote.info()["panel"] == "heads"

@@ -141,7 +141,7 @@ def build(client: Client, config: PanelConfig) -> None:
         return {"model": model_id or "", "text": text_value, **info}, _summary(info)
 
     def show_analysis(state: dict, hide: bool) -> tuple:
-        image, layout = call_backend(client, "heads_model_view", state["model"], state["text"], int(hide))
+        image, layout = call_backend(client, "heads_model_view", state["model"], state["text"], int(hide), 0, 0)
         return (
             {**state, "layout": layout, "view_image": image},
             highlighted(image, layout, 0, 0),
