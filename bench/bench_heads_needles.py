@@ -44,8 +44,8 @@ def main() -> None:
         ),
         "",
         "Top retrieval heads (score over answered tests): "
-        + ", ".join(f"{layer}.{head} ({retrieval[layer, head]:.2f})" for layer, head in top_heads(retrieval, 8)),
-        f"; heads above 0.1: {int((retrieval > 0.1).sum())} of {retrieval.numel()}.",
+        + ", ".join(f"{layer}.{head} ({retrieval[layer, head]:.2f})" for layer, head in top_heads(retrieval, 8))
+        + f"; heads above 0.1: {int((retrieval > 0.1).sum())} of {retrieval.numel()}.",
         "",
         f"Streaming heads (sink {report['streaming']['sink']} + window {report['streaming']['window']}) on the "
         "held-out needle:",
