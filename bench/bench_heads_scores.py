@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from backends.heads.attention import HeadStats, Thumbnails, run_with_attention, thumbnail_size, tokenize
+from backends.heads.attention import HeadStats, PooledMaps, run_with_attention, tokenize
 from backends.heads.scores import TextScores
 from backends.heads.service import HeadsService
 from bench.bench_heads_view import cpu_timed, text_of
@@ -70,13 +70,12 @@ def bench_ratio(service: HeadsService, n_tokens: int, repeats: int) -> dict:
 
 
 def bench_reducer(service: HeadsService, n_tokens: int, repeats: int) -> dict:
-    """One hooked pass with the analysis reducers, without and with TextScores, interleaved."""
+    """One pass with the analysis reducers, without and with TextScores, interleaved."""
     lm = service.model("")
     ids = tokenize(lm, text_of(lm, n_tokens, variant=99)).input_ids
-    size = thumbnail_size(lm.n_layers, lm.n_heads)
 
     def others() -> list:
-        return [HeadStats(lm.n_layers, lm.n_heads, lm.is_causal), Thumbnails(lm.n_layers, lm.n_heads, size)]
+        return [HeadStats(lm.n_layers, lm.n_heads, lm.is_causal), PooledMaps(lm.n_layers, lm.n_heads)]
 
     without, with_scores = [], []
     for _ in range(repeats):

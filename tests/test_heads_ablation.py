@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from backends.core.service import ServiceError
 from backends.heads.ablation import (
-    ablated,
+    ablation,
     ablation_report,
     mean_outputs,
     next_token_logits,
@@ -63,23 +64,42 @@ def logits_with_head_outputs_replaced(lm, input_ids, heads, replacement) -> torc
 
 def test_no_heads_leaves_logits_bit_identical(lm, input_ids, clean_logits):
     for mode in ("zero", "uniform", "mean"):
-        with ablated(lm, [], mode):
-            assert torch.equal(next_token_logits(lm, input_ids), clean_logits)
-    assert torch.equal(next_token_logits(lm, input_ids), clean_logits), "the model is restored afterwards"
+        assert torch.equal(next_token_logits(lm, input_ids, ablation(lm, [], mode)), clean_logits)
+    assert torch.equal(next_token_logits(lm, input_ids), clean_logits), "the model is unchanged afterwards"
 
 
 def test_whole_layer_changes_logits(lm, input_ids, clean_logits):
     heads = parse_heads("3.*", lm.n_layers, lm.n_heads)
     assert heads == [(3, head) for head in range(lm.n_heads)]
-    with ablated(lm, heads, "zero"):
-        ablated_logits = next_token_logits(lm, input_ids)
+    ablated_logits = next_token_logits(lm, input_ids, ablation(lm, heads, "zero"))
     assert (ablated_logits - clean_logits).abs().max() > 0.1
+
+
+def test_concurrent_ablations_each_get_their_sequential_result(lm, input_ids):
+    """Threads running different ablations at once: each gets exactly what it gets alone; the config never moves."""
+    config_before = dict(lm.model.config.to_dict())
+    means = mean_outputs(lm, input_ids, HEADS)
+    plans = [
+        None,
+        ablation(lm, HEADS, "zero"),
+        ablation(lm, HEADS, "uniform"),
+        ablation(lm, HEADS, "mean", means),
+        ablation(lm, [(3, head) for head in range(lm.n_heads)], "zero"),
+        ablation(lm, [(0, 1), (29, 8)], "uniform"),
+    ]
+    sequential = [next_token_logits(lm, input_ids, plan) for plan in plans]
+    assert all(not torch.equal(sequential[0], found) for found in sequential[1:]), "every ablation changes something"
+    jobs = [index % len(plans) for index in range(3 * len(plans))]
+    with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        concurrent = list(pool.map(lambda index: next_token_logits(lm, input_ids, plans[index]), jobs))
+    for index, found in zip(jobs, concurrent, strict=True):
+        assert torch.equal(found, sequential[index]), f"plan {index} saw another call's ablation"
+    assert lm.model.config.to_dict() == config_before and lm.model.config._attn_implementation == "headlab"
 
 
 def test_zero_ablation_matches_reference(lm, input_ids):
     expected = logits_with_head_outputs_replaced(lm, input_ids, HEADS, lambda _key, part: torch.zeros_like(part))
-    with ablated(lm, HEADS, "zero"):
-        assert torch.allclose(next_token_logits(lm, input_ids), expected, atol=1e-5)
+    assert torch.allclose(next_token_logits(lm, input_ids, ablation(lm, HEADS, "zero")), expected, atol=1e-5)
 
 
 def test_mean_ablation_matches_reference(lm, input_ids):
@@ -101,16 +121,15 @@ def test_mean_ablation_matches_reference(lm, input_ids):
     expected = logits_with_head_outputs_replaced(
         lm, input_ids, HEADS, lambda key, part: clean_means[key].expand_as(part)
     )
-    with ablated(lm, HEADS, "mean", means=mean_outputs(lm, input_ids, HEADS)):
-        assert torch.allclose(next_token_logits(lm, input_ids), expected, atol=1e-5)
+    plan = ablation(lm, HEADS, "mean", mean_outputs(lm, input_ids, HEADS))
+    assert torch.allclose(next_token_logits(lm, input_ids, plan), expected, atol=1e-5)
 
 
 def test_uniform_ablation_makes_the_head_uniform(lm, input_ids):
     clean = CaptureLayers([18])
     run_with_attention(lm, input_ids, [clean])
     capture = CaptureLayers([18])
-    with ablated(lm, [(18, 6)], "uniform"):
-        run_with_attention(lm, input_ids, [capture])
+    run_with_attention(lm, input_ids, [capture], ablation=ablation(lm, [(18, 6)], "uniform"))
     weights = capture.maps[18]
     n = weights.shape[-1]
     expected = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]  # row t: 1/(t+1) on keys 0…t
@@ -145,8 +164,8 @@ def test_bad_head_lists_are_rejected(lm, spec):
 
 
 def test_bad_mode_is_rejected(lm):
-    with pytest.raises(ServiceError, match="mode"), ablated(lm, HEADS, "scramble"):
-        pass
+    with pytest.raises(ServiceError, match="mode"):
+        ablation(lm, HEADS, "scramble")
 
 
 def test_generation_steps_match_full_forward(lm):
@@ -154,14 +173,14 @@ def test_generation_steps_match_full_forward(lm):
     assert len(found["steps"]) == 3
     ids = tokenize(lm, TEXT).input_ids.tolist()
     for step in found["steps"]:
-        with torch.no_grad():
-            output = lm.model(torch.tensor([ids]), output_attentions=True)
-        assert lm.tokenizer.decode([int(output.logits[0, -1].argmax())]) == step["token"]
+        capture = CaptureLayers([0, 18], rows=range(len(ids) - 1, len(ids)))
+        run = run_with_attention(lm, ids, [capture], with_logits=True)
+        assert lm.tokenizer.decode([int(run.logits[-1].argmax())]) == step["token"]
         for layer in (0, 18):
-            weights, positions = output.attentions[layer][0, :, -1].topk(2, dim=-1)
+            weights, positions = capture.maps[layer][:, -1].topk(2, dim=-1)
             assert step["top_positions"][layer] == positions.tolist()
             assert torch.allclose(torch.tensor(step["top_weights"][layer]), weights, atol=1e-4)
-        ids.append(int(output.logits[0, -1].argmax()))
+        ids.append(int(run.logits[-1].argmax()))
     assert found["tokens"][found["n_prompt"] :] == [step["token"] for step in found["steps"]]
 
 

@@ -41,9 +41,9 @@ def test_smollm2_shape_and_cache(smollm2):
     assert smollm2.model_id == "smollm2" and smollm2.is_causal
     assert (smollm2.n_layers, smollm2.n_heads, smollm2.n_kv_heads) == (30, 9, 3)
     assert smollm2.heads_per_kv_head == 3 and smollm2.kv_group(4) == 1
-    assert smollm2.context_length == 8192 and smollm2.max_tokens == 1024
+    assert smollm2.context_length == 8192 and smollm2.max_tokens == 8192
     assert len(smollm2.attention_modules()) == 30
-    assert smollm2.model.config._attn_implementation == "eager" and not smollm2.model.training
+    assert smollm2.model.config._attn_implementation == "headlab" and not smollm2.model.training
     cached = smollm2_weights()
     assert (cached / "model.safetensors").is_file()
     assert "quantization_config" not in json.loads((cached / "config.json").read_text())

@@ -31,7 +31,7 @@ def test_model_view_layout_points_at_each_heads_thumbnail(n_layers, n_heads, per
     image = np.asarray(render.figure_png(figure))
     mosaic = render.model_view_mosaic(thumbnails, layout)
     geometry = layout.as_dict()
-    assert geometry["rows_are"] == ("head" if n_layers > n_heads else "layer")
+    assert geometry["rows_are"] == "head", "layers are the columns for every model"
     grid_width, grid_height = layout.grid_size()
     assert image.shape[:2] == (
         render.MARGIN_TOP + grid_height + render.MARGIN_BOTTOM,
@@ -55,7 +55,8 @@ def test_heatmap_png_and_svg_with_token_labels():
     tokens = ["The", " cat", " sat", "\n"]
     attention = np.tril(np.ones((4, 4)))
     attention /= attention.sum(-1, keepdims=True)
-    figure = render.heatmap_figure(attention, tokens, "L0H0", hide_first=True, causal=True)
+    labels = [f"{index} {render.display_token(token)}" for index, token in enumerate(tokens)]
+    figure = render.heatmap_figure(attention, labels, labels, "L0H0", hide_first=True, causal=True)
     png = render.figure_png(figure)
     assert png.mode == "RGB" and png.width > 200
     svg = render.figure_svg(figure)
@@ -63,13 +64,14 @@ def test_heatmap_png_and_svg_with_token_labels():
 
 
 def test_matrix_csv_and_json_round_trip():
-    tokens = ["a", "b,c", "d"]
+    labels = ["0 a", "1 b,c", "2 d"]
+    keys = ["0–1", "2–2", "3–3"]  # a pooled block's label is its token range
     attention = np.array([[1.0, 0, 0], [0.25, 0.75, 0], [0.1, 0.2, 0.7]])
-    rows = list(csv.reader(io.StringIO(render.matrix_csv(attention, tokens))))
-    assert rows[0] == ["query \\ key", "0:a", "1:b,c", "2:d"]
+    rows = list(csv.reader(io.StringIO(render.matrix_csv(attention, labels, keys))))
+    assert rows[0] == ["query \\ key", *keys] and [row[0] for row in rows[1:]] == labels
     np.testing.assert_allclose(np.array([row[1:] for row in rows[1:]], dtype=float), attention)
-    data = json.loads(render.matrix_json(attention, tokens, {"model": "m", "layer": 1, "head": 2}))
-    assert data["tokens"] == tokens and data["layer"] == 1
+    data = json.loads(render.matrix_json(attention, labels, keys, {"model": "m", "layer": 1, "head": 2}))
+    assert data["rows"] == labels and data["columns"] == keys and data["layer"] == 1
     np.testing.assert_allclose(data["attention"], attention)
 
 

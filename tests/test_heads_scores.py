@@ -159,11 +159,11 @@ def test_retrieval_credit_matches_reference(lm):
     expected = torch.zeros(lm.n_layers, lm.n_heads)
     sequence = list(probe.input_ids)
     for token in generated:  # recompute every step with a full, uncached forward pass
-        with torch.no_grad():
-            attentions = lm.model(torch.tensor([sequence]), output_attentions=True).attentions
+        last_row = CaptureLayers(rows=range(len(sequence) - 1, len(sequence)))
+        run_with_attention(lm, sequence, [last_row])
         for layer in range(lm.n_layers):
             for head in range(lm.n_heads):
-                j = int(attentions[layer][0, head, -1].argmax())
+                j = int(last_row.maps[layer][head, -1].argmax())
                 if probe.needle_start <= j < probe.needle_end and sequence[j] == token:
                     expected[layer, head] += 1 / len(needle)
         sequence.append(token)

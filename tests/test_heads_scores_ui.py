@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gradio as gr
+import numpy as np
 import pytest
 
 from backends.core.client import LocalClient
@@ -10,7 +11,10 @@ from backends.core.config import PanelConfig
 from ui.heads_lab import (
     CELL_HEIGHT,
     CELL_WIDTH,
+    CMAP,
     LEFT,
+    LEGEND_HEIGHT,
+    LEGEND_WIDTH,
     SCORE_LABELS,
     TEXT_INPUT,
     TOP,
@@ -75,3 +79,20 @@ def test_ablation_and_generation_views(client):
     assert image.size == grid_image([[0.0] * 9] * 30).size
     assert len(highlighted) == generated["steps"][1]["position"]
     assert "18.6" in caption
+
+
+def test_grids_carry_a_colour_bar_with_their_values():
+    values = [[layer * 10 + head for head in range(9)] for layer in range(30)]
+    image, bare = grid_image(values), grid_image(values, legend=False)
+    assert image.height == bare.height + LEGEND_HEIGHT
+    top = TOP + 30 * CELL_HEIGHT + 6 + 5
+    low, high = (np.array(CMAP(0.0)[:3]) * 255).round(), (np.array(CMAP(1.0)[:3]) * 255).round()
+    assert np.abs(np.array(image.getpixel((LEFT, top))) - low).max() <= 2
+    assert np.abs(np.array(image.getpixel((LEFT + LEGEND_WIDTH - 1, top))) - high).max() <= 2
+
+
+def test_generation_stepper_keeps_line_breaks():
+    tokens = ["def", " f", "():", "\n", "   ", " return", " 1"]
+    step = {"position": 6, "token": " 1", "top_positions": [[[3, 0]]], "top_weights": [[[0.7, 0.2]]]}
+    _, highlighted, _ = step_view({"tokens": tokens, "steps": [step]}, 1, 0, 0)
+    assert highlighted[3] == ("↵\n", 0.7) and highlighted[0] == ("def", 0.2)

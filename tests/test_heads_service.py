@@ -8,10 +8,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import torch
 from PIL import Image
 
 from backends.core.client import LocalClient, RemoteClient
 from backends.core.service import ServiceError
+from backends.heads.attention import CaptureLayers, run_with_attention
 from backends.heads.service import HeadsService
 from tests.conftest import free_port, start_process
 
@@ -19,9 +21,15 @@ TEXT = "When Mary and John went to the store, John gave a drink to Mary."
 
 
 @pytest.fixture(scope="module")
-def client() -> LocalClient:
-    """The in-process client over one HeadsService (models load on first use)."""
-    return LocalClient("heads", HeadsService())
+def service() -> HeadsService:
+    """One HeadsService (models load on first use)."""
+    return HeadsService()
+
+
+@pytest.fixture(scope="module")
+def client(service) -> LocalClient:
+    """The in-process client over that service."""
+    return LocalClient("heads", service)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +83,10 @@ def test_exports(client, figure, fmt):
     elif fmt == "svg":
         assert "<svg" in content
     elif fmt == "csv":
-        assert content.splitlines()[0].startswith("query \\ key,0:When")
+        assert content.splitlines()[0].startswith("query \\ key,0 When")
     else:
         data = json.loads(content)
-        assert data["view"] == "rollout" and len(data["attention"]) == len(data["tokens"])
+        assert data["view"] == "rollout" and len(data["attention"]) == len(data["rows"]) == len(data["columns"])
 
 
 def test_head_export_matches_the_captured_map(client):
@@ -101,7 +109,56 @@ def test_minilm_and_truncation(client):
     with pytest.raises(ServiceError, match="short inputs"):
         client.call("heads_bertviz", "minilm", "word " * 700, "model")
     image, layout = client.call("heads_model_view", "minilm", "word " * 700, 0)
-    assert layout["rows_are"] == "layer" and image.width > 100
+    assert layout["rows_are"] == "head" and image.width > 100
+
+
+LONG_TEXT = " ".join(
+    f"Sentence {index} tells of the {index % 7}th river and the {index % 5}th hill." for index in range(40)
+)
+
+
+def test_long_maps_are_pooled_and_a_zoom_is_exact(client, service):
+    info = client.call("heads_analyze", "", LONG_TEXT)
+    n_tokens = info["n_tokens"]
+    assert 512 < n_tokens <= 768  # blocks of 3 tokens
+    pooled = json.loads(client.call("heads_export", "", LONG_TEXT, "head", "json", 18, 6, 0)["content"])
+    assert len(pooled["rows"]) == len(pooled["columns"]) == -(-n_tokens // 3) and pooled["rows"][0] == "0–2"
+    zoom = (400, 450, 0, 30)
+    found = json.loads(client.call("heads_export", "", LONG_TEXT, "head", "json", 18, 6, 0, *zoom)["content"])
+    assert (found["query_start"], found["query_end"], found["key_start"], found["key_end"]) == zoom
+    capture = CaptureLayers([18], rows=range(400, 450))
+    run_with_attention(service.model(""), LONG_TEXT, [capture])
+    torch.testing.assert_close(torch.tensor(found["attention"]), capture.maps[18][6, :, :30], atol=1e-6, rtol=0)
+    # a pooled block is the mean of the exact weights it covers
+    torch.testing.assert_close(
+        torch.tensor(pooled["attention"][134][:10]),
+        capture.maps[18][6, 2:5, :30].reshape(3, 10, 3).mean(dim=(0, 2)),
+        atol=1e-6,
+        rtol=0,
+    )
+    image, layout = client.call("heads_model_view", "", LONG_TEXT, 0, 100, 160)
+    assert layout["window"] == [100, 160] and isinstance(image, Image.Image)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ((5, 3, -1, -1), "query window 5–3"),
+        ((0, 10_000, -1, -1), "query window 0–10000"),
+        ((-4, 0, -1, -1), "query"),
+        ((0, 0, 5, 2), "key window 5–2"),
+    ],
+)
+def test_bad_zoom_windows_are_refused(client, window, message):
+    with pytest.raises(ServiceError, match=message):
+        client.call("heads_map", "", TEXT, "head", 0, 0, 0, *window)
+
+
+def test_rollout_is_refused_beyond_its_limit(client):
+    long_text = "The river runs past the hill and the mill. " * 120
+    assert client.call("heads_analyze", "", long_text)["n_tokens"] > 1024
+    with pytest.raises(ServiceError, match="rollout .* up to 1,024 tokens"):
+        client.call("heads_map", "", long_text, "rollout", 0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -129,9 +186,11 @@ def test_remote_transport_matches_in_process(client, remote):
     local = client.call("heads_analyze", "minilm", TEXT)
     answer = remote.call("heads_analyze", "minilm", TEXT)
     assert answer["tokens"] == local["tokens"] and answer["stats"] == local["stats"]
-    image, layout = remote.call("heads_model_view", "minilm", TEXT, 0)
-    assert isinstance(image, Image.Image) and layout["rows_are"] == "layer"
-    assert isinstance(remote.call("heads_map", "minilm", TEXT, "rollout", 0, 0, 0), Image.Image)
+    image, layout = remote.call("heads_model_view", "minilm", TEXT, 0, 0, 0)
+    assert isinstance(image, Image.Image) and layout["rows_are"] == "head"
+    assert isinstance(remote.call("heads_map", "minilm", TEXT, "rollout", 0, 0, 0, 0, 0, -1, -1), Image.Image)
+    zoomed = remote.call("heads_map", "minilm", TEXT, "head", 2, 3, 0, 2, 6, 0, 4)
+    assert isinstance(zoomed, Image.Image) and zoomed.size != image.size
     with pytest.raises(ServiceError, match="empty"):
         remote.call("heads_analyze", "minilm", "")
     assert remote.info()["panel"] == "heads"

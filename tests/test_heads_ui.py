@@ -42,15 +42,33 @@ def test_summary_names_gqa_groups_and_truncation():
         "n_heads": 9,
         "n_kv_heads": 3,
         "is_causal": True,
-        "n_tokens": 1024,
+        "n_tokens": 8192,
+        "n_input_tokens": 40001,
         "seconds": 1.0,
         "kv_groups": [[0, 1, 2], [3, 4, 5], [6, 7, 8]],
         "truncated": True,
-        "notice": "only the first 1,024 tokens were used.",
+        "notice": "only the first 8,192 tokens were used.",
         "bertviz_available": False,
     }
     text = heads._summary(info)
-    assert "KV head 1: query heads 3, 4, 5" in text and "only the first 1,024 tokens" in text
+    assert "KV head 1: query heads 3, 4, 5" in text and "only the first 8,192 tokens" in text
+    assert "8,192 of the text's 40,001 tokens used" in text
+
+
+def test_the_picked_head_is_outlined_and_layers_are_always_columns():
+    for n_layers, n_heads in [(30, 9), (6, 12)]:
+        figure, layout = render.model_view_figure(torch.rand(n_layers, n_heads, 8, 8), 1, "t")
+        geometry = layout.as_dict()
+        assert geometry["rows_are"] == "head" and len(geometry["columns"]) == n_layers
+    image = render.figure_png(figure)
+    marked = heads.highlighted(image, geometry, layer=4, head=7)
+    left, top = geometry["columns"][4], geometry["rows"][7]
+    assert marked.getpixel((left - 1, top + 3)) == (0, 229, 255) and image.getpixel((left - 1, top + 3)) != (
+        0,
+        229,
+        255,
+    )
+    assert heads.highlighted(None, geometry, 0, 0) is None
 
 
 @pytest.mark.browser

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
@@ -46,8 +47,9 @@ mixes their values by those weights. Different heads learn different jobs: looki
 what followed an earlier copy of the current token (*induction*), or parking attention on the first token (a *sink*).
 
 **How to read the views**
-- *Model view*: one small map per head, layers top to bottom, heads left to right. Each map is shrunk to a thumbnail
-  and scaled to its own maximum (square-root contrast), so compare shapes, not brightness, across heads.
+- *Model view*: one small map per head, layers left to right, heads top to bottom (the picked head is outlined).
+  Each map is shrunk to a thumbnail and scaled to its own maximum (square-root contrast, see the colour bar), so
+  compare shapes, not brightness, across heads.
   A bright diagonal just below the main one = previous-token head; a bright left column = sink head; a stripe
   parallel to the diagonal in a repeated text = induction head.
 - *Heatmap*: rows are queries (the token attending), columns keys (the token attended to); grey cells are masked
@@ -75,6 +77,10 @@ what followed an earlier copy of the current token (*induction*), or parking att
 [Attention rollout (Abnar & Zuidema 2020)](https://arxiv.org/abs/2005.00928) ·
 [bertviz (Vig 2019)](https://arxiv.org/abs/1906.05714)
 """
+
+ZOOM_NOTE = """Long texts (up to the model's context, 8,192 tokens for SmolLM2) are shown **pooled**: each cell is
+the mean weight of a block of tokens. Zoom into a window of up to 256 tokens a side to see every token; the keys may
+be another window (e.g. queries 4000–4200 reading keys 0–200)."""
 
 BERTVIZ_NOTE = """bertviz's interactive views (Vig 2019) for short inputs. bertviz writes every weight into the page, so
 they are offered only for short texts; the libraries they need (d3, jQuery, require.js) are served from local copies,
@@ -106,6 +112,14 @@ def build(client: Client, config: PanelConfig) -> None:
             layer = gr.Slider(0, 1, value=0, step=1, label="Layer")
             head = gr.Slider(0, 1, value=0, step=1, label="Head")
             hide_first = gr.Checkbox(False, label="Hide the first-token (BOS / sink) column")
+            gr.Markdown(ZOOM_NOTE)
+            with gr.Row():
+                zoom_start = gr.Number(0, precision=0, minimum=0, label="Window: first token")
+                zoom_end = gr.Number(0, precision=0, minimum=0, label="end (0 = the end)")
+            with gr.Row():
+                key_start = gr.Number(-1, precision=0, minimum=-1, label="Keys: first (-1 = same)")
+                key_end = gr.Number(-1, precision=0, minimum=-1, label="end (-1 = same)")
+            zoom = gr.Button("Zoom")
             head_info = gr.Markdown()
             export_figure = gr.Radio(list(EXPORT_FIGURES), value="Heatmap", label="Export")
             export_format = gr.Radio(list(EXPORT_FORMATS), value="PNG", label="Format")
@@ -127,26 +141,50 @@ def build(client: Client, config: PanelConfig) -> None:
         return {"model": model_id or "", "text": text_value, **info}, _summary(info)
 
     def show_analysis(state: dict, hide: bool) -> tuple:
-        image, layout = call_backend(client, "heads_model_view", state["model"], state["text"], int(hide))
+        image, layout = call_backend(client, "heads_model_view", state["model"], state["text"], int(hide), 0, 0)
         return (
-            {**state, "layout": layout},
-            image,
+            {**state, "layout": layout, "view_image": image},
+            highlighted(image, layout, 0, 0),
             gr.Slider(maximum=state["n_layers"] - 1, value=0),
             gr.Slider(maximum=state["n_heads"] - 1, value=0),
             _stat_rows(state),
+            0,
+            0,
+            -1,
+            -1,
         )
 
-    def redraw_model_view(state: dict, hide: bool) -> Any:
-        if not state:
-            return gr.skip()
-        image, _ = call_backend(client, "heads_model_view", state["model"], state["text"], int(hide))
-        return image
-
-    def draw_map(state: dict, view_name: str, layer_index: float, head_index: float, hide: bool) -> tuple:
+    def redraw_model_view(state: dict, hide: bool, start: float, end: float) -> tuple:
         if not state:
             return gr.skip(), gr.skip()
-        args = (state["model"], state["text"], MAP_VIEWS[view_name], int(layer_index), int(head_index), int(hide))
-        return call_backend(client, "heads_map", *args), _head_info(state, MAP_VIEWS[view_name], args[3], args[4])
+        image, layout = call_backend(
+            client, "heads_model_view", state["model"], state["text"], int(hide), int(start or 0), int(end or 0)
+        )
+        return {**state, "layout": layout, "view_image": image}, image
+
+    def draw_map(
+        state: dict,
+        view_name: str,
+        layer_index: float,
+        head_index: float,
+        hide: bool,
+        start: float,
+        end: float,
+        first_key: float,
+        last_key: float,
+    ) -> tuple:
+        if not state:
+            return gr.skip(), gr.skip(), gr.skip()
+        kind, chosen_layer, chosen_head = MAP_VIEWS[view_name], int(layer_index), int(head_index)
+        window = (int(start or 0), int(end or 0), int(-1 if first_key is None else first_key))
+        window = (*window, int(-1 if last_key is None else last_key))
+        args = (state["model"], state["text"], kind, chosen_layer, chosen_head, int(hide), *window)
+        view_image = highlighted(state.get("view_image"), state.get("layout") or {}, chosen_layer, chosen_head)
+        return (
+            call_backend(client, "heads_map", *args),
+            _head_info(state, kind, chosen_layer, chosen_head),
+            view_image if view_image is not None else gr.skip(),
+        )
 
     def pick_head(state: dict, event: gr.SelectData) -> tuple:
         picked = _head_at(state.get("layout") or {}, event.index)
@@ -155,13 +193,21 @@ def build(client: Client, config: PanelConfig) -> None:
         return picked[0], picked[1], "One head"
 
     def export_file_for(
-        state: dict, figure: str, fmt: str, view_name: str, layer_index: float, head_index: float, hide: bool
+        state: dict,
+        figure: str,
+        fmt: str,
+        view_name: str,
+        layer_index: float,
+        head_index: float,
+        hide: bool,
+        *bounds: float,
     ) -> str:
         if not state:
             raise gr.Error("Analyze a text first.")
+        window = [int(value) for value in bounds]
         kind = EXPORT_FIGURES[figure]
         args = (MAP_VIEWS[view_name] if kind == "map" else kind, fmt.lower(), int(layer_index), int(head_index))
-        exported = call_backend(client, "heads_export", state["model"], state["text"], *args, int(hide))
+        exported = call_backend(client, "heads_export", state["model"], state["text"], *args, int(hide), *window)
         return _write_export(exported)
 
     def show_bertviz(state: dict, kind: str) -> str:
@@ -170,23 +216,34 @@ def build(client: Client, config: PanelConfig) -> None:
         result = call_backend(client, "heads_bertviz", state["model"], state["text"], kind)
         return _iframe(result["document"])
 
-    map_inputs = [analysed, view, layer, head, hide_first]
+    map_inputs = [analysed, view, layer, head, hide_first, zoom_start, zoom_end, key_start, key_end]
+    map_outputs = [heatmap, head_info, model_view]
+    window = [zoom_start, zoom_end, key_start, key_end]
+    results = [analysed, summary, model_view, heatmap, head_info, stats_table, bertviz_frame, export_file]
     example.change(lambda name: EXAMPLES.get(name, gr.skip()), example, text, queue=False)
-    # a bad input fails the first step, so only the summary shows the error and the last views stay
-    analyze.click(analyse, [model, text], [analysed, summary], **queue).success(
-        show_analysis, [analysed, hide_first], [analysed, model_view, layer, head, stats_table], **queue
-    ).success(draw_map, map_inputs, [heatmap, head_info], **queue)
+    # results never outlive their inputs: a new model or text (or a new analysis, even one that fails) clears them
+    for changed in (model.change, text.change):
+        changed(_cleared, None, results, queue=False)
+    analyze.click(_cleared, None, results, queue=False).then(
+        analyse, [model, text], [analysed, summary], **queue
+    ).success(
+        show_analysis, [analysed, hide_first], [analysed, model_view, layer, head, stats_table, *window], **queue
+    ).success(draw_map, map_inputs, map_outputs, **queue)
     model_view.select(pick_head, analysed, [layer, head, view], queue=False).success(
-        draw_map, map_inputs, [heatmap, head_info], **queue
+        draw_map, map_inputs, map_outputs, **queue
     )
     for control in (layer, head):
-        control.release(draw_map, map_inputs, [heatmap, head_info], **queue)
-    view.input(draw_map, map_inputs, [heatmap, head_info], **queue)
-    hide_first.input(redraw_model_view, [analysed, hide_first], model_view, **queue).success(
-        draw_map, map_inputs, [heatmap, head_info], **queue
-    )
+        control.release(draw_map, map_inputs, map_outputs, **queue)
+    view.input(draw_map, map_inputs, map_outputs, **queue)
+    for redraw in (hide_first.input, zoom.click):
+        redraw(
+            redraw_model_view, [analysed, hide_first, zoom_start, zoom_end], [analysed, model_view], **queue
+        ).success(draw_map, map_inputs, map_outputs, **queue)
     export.click(
-        export_file_for, [analysed, export_figure, export_format, view, layer, head, hide_first], export_file, **queue
+        export_file_for,
+        [analysed, export_figure, export_format, view, layer, head, hide_first, *window],
+        export_file,
+        **queue,
     )
     bertviz_button.click(show_bertviz, [analysed, bertviz_kind], bertviz_frame, **queue)
 
@@ -196,11 +253,33 @@ def build(client: Client, config: PanelConfig) -> None:
         build_heads_lab(client, config, model=model, text=text)
 
 
+def _cleared() -> tuple:
+    """Empty values for every result of the tab (state, summary, views, table, bertviz, export)."""
+    return {}, "", None, None, "", None, "", None
+
+
+def highlighted(image: Any, layout: dict, layer: int, head: int) -> Any:
+    """A copy of the model view with the thumbnail of (``layer``, ``head``) outlined, or None without an image."""
+    if image is None or not layout:
+        return None
+    rows, columns = layout["rows"], layout["columns"]
+    row, column = (layer, head) if layout["rows_are"] == "layer" else (head, layer)
+    if not (0 <= row < len(rows) and 0 <= column < len(columns)):
+        return image
+    marked = image.copy()
+    left, top, size = columns[column], rows[row], layout["thumb"]
+    ImageDraw.Draw(marked).rectangle((left - 2, top - 2, left + size + 1, top + size + 1), outline="#00e5ff", width=2)
+    return marked
+
+
 def _summary(info: dict) -> str:
-    """The analysis in a few lines: model shape, tokens, GQA groups, truncation, time."""
+    """The analysis in a few lines: model shape, tokens (how many used of how many given), GQA groups, time."""
+    used = f"{info['n_tokens']:,} tokens"
+    if info["truncated"]:
+        used = f"{info['n_tokens']:,} of the text's {info['n_input_tokens']:,} tokens used"
     lines = [
         f"**{info['model']}** · {info['n_layers']} layers × {info['n_heads']} heads "
-        f"({'causal decoder' if info['is_causal'] else 'encoder'}) · {info['n_tokens']} tokens · "
+        f"({'causal decoder' if info['is_causal'] else 'encoder'}) · {used} · "
         f"analysed in {info['seconds']:.2f} s"
     ]
     if info["n_kv_heads"] < info["n_heads"]:

@@ -39,6 +39,7 @@ DEFAULT_SHAPE = (30, 9)
 CELL_WIDTH, CELL_HEIGHT = 30, 16
 LEFT, TOP = 30, 16  # room for layer / head labels
 CMAP = colormaps["magma"]
+LEGEND_WIDTH, LEGEND_HEIGHT = 160, 22  # the colour bar under a grid
 SELECTED_OUTLINE = (0, 200, 255)
 DEFAULT_TEXT = (
     "Alice met Bob at the station. Later, Alice gave Bob a small red book, and Bob thanked Alice for the book. "
@@ -54,16 +55,19 @@ def grid_image(
     values: list[list[float]],
     selected: set[tuple[int, int]] = frozenset(),
     value_range: tuple[float, float] | None = None,
+    legend: bool = True,
 ) -> Image.Image:
     """A layer × head grid (layers as rows) coloured by ``values`` over ``value_range`` (default: their min–max),
-    selected heads outlined, axes labelled."""
+    selected heads outlined, axes labelled, with a colour bar giving the values (unless ``legend`` is False)."""
     grid = np.nan_to_num(np.asarray(values, dtype=float))
     n_layers, n_heads = grid.shape
     low, high = value_range or (grid.min(), grid.max())
     normalised = np.clip((grid - low) / (high - low), 0, 1) if high > low else np.zeros_like(grid)
     colours = (CMAP(normalised)[..., :3] * 255).astype(np.uint8)
     cells = colours.repeat(CELL_HEIGHT, axis=0).repeat(CELL_WIDTH, axis=1)
-    image = Image.new("RGB", (LEFT + n_heads * CELL_WIDTH, TOP + n_layers * CELL_HEIGHT), "white")
+    legend_height = LEGEND_HEIGHT if legend else 0
+    width = max(LEFT + n_heads * CELL_WIDTH, LEFT + LEGEND_WIDTH + 60)
+    image = Image.new("RGB", (width, TOP + n_layers * CELL_HEIGHT + legend_height), "white")
     image.paste(Image.fromarray(cells), (LEFT, TOP))
     draw = ImageDraw.Draw(image)
     for head in range(n_heads):
@@ -74,7 +78,17 @@ def grid_image(
         if layer < n_layers and head < n_heads:
             x, y = LEFT + head * CELL_WIDTH, TOP + layer * CELL_HEIGHT
             draw.rectangle((x, y, x + CELL_WIDTH - 1, y + CELL_HEIGHT - 1), outline=SELECTED_OUTLINE, width=2)
+    if legend:
+        _legend(image, draw, TOP + n_layers * CELL_HEIGHT + 6, float(low), float(high))
     return image
+
+
+def _legend(image: Image.Image, draw: ImageDraw.ImageDraw, top: int, low: float, high: float) -> None:
+    """A colour bar under the grid, labelled with the values its ends stand for."""
+    ramp = (CMAP(np.linspace(0, 1, LEGEND_WIDTH))[:, :3] * 255).astype(np.uint8)
+    image.paste(Image.fromarray(np.repeat(ramp[None], 10, axis=0)), (LEFT, top))
+    draw.text((4, top), f"{low:.3g}", fill="black")
+    draw.text((LEFT + LEGEND_WIDTH + 4, top), f"{high:.3g}", fill="black")
 
 
 def grid_view(caption: str, value: Image.Image | None = None) -> gr.Image:
@@ -88,7 +102,7 @@ def selection_image(chosen: str, shape: tuple[int, int]) -> Image.Image:
     marked = parse_selection(chosen)
     n_layers, n_heads = shape
     values = [[1.0 if (layer, head) in marked else 0.45 for head in range(n_heads)] for layer in range(n_layers)]
-    return grid_image(values, marked, value_range=(0.0, 1.0))
+    return grid_image(values, marked, value_range=(0.0, 1.0), legend=False)
 
 
 def cell_at(x: float, y: float, n_layers: int, n_heads: int) -> tuple[int, int] | None:
@@ -188,7 +202,8 @@ def step_view(result: dict, step_index: int, layer: int, head: int) -> tuple[Ima
     image = grid_image(top1, {(layer, head)})
     visible = result["tokens"][: step["position"]]
     weights = dict(zip(step["top_positions"][layer][head], step["top_weights"][layer][head], strict=True))
-    highlighted = [(token, weights.get(position)) for position, token in enumerate(visible)]
+    # a line break is shown as ↵ and kept, so the text keeps its lines
+    highlighted = [(token.replace("\n", "↵\n"), weights.get(position)) for position, token in enumerate(visible)]
     target = step["top_positions"][layer][head][0]
     caption = (
         f"Step {step_index}: the model writes **{step['token']!r}** (query = {visible[-1]!r}). "
@@ -264,6 +279,8 @@ def _scores_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Textbo
         return toggle_head(chosen, *cell), f"Head **{cell[0]}.{cell[1]}**: {key} = {value}"
 
     views = [grid, top, explanation, razor_text, razor_grid, details]
+    for changed in (model.change, text.change):  # scores of another model or text never stay on screen
+        changed(lambda: (None, None, [], "", "", None, None, ""), None, [result, *views, clicked], queue=False)
     compute.click(fetch, [model, text], result, **queue).then(show, [result, score, source, heads], views)
     for control in (score, source, heads):
         control.change(show, [result, score, source, heads], views)
@@ -304,6 +321,8 @@ def _ablation_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Text
         return toggle_head(chosen, *cell) if cell else chosen
 
     outputs = [summary, top_before, top_after, generation_before, generation_after, changed, shape]
+    for edited in (model.change, text.change):  # an ablation of another model or text never stays on screen
+        edited(lambda: ("", [], [], "", "", [], DEFAULT_SHAPE), None, outputs, queue=False)
     run.click(ablate, [model, text, heads, mode], outputs, **queue)
     for control in (heads, shape):
         control.change(selection_image, [heads, shape], selection)
@@ -345,6 +364,8 @@ def _generation_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Te
         return cell if cell else (chosen_layer, chosen_head)
 
     views = [grid, attended, caption]
+    for changed in (model.change, text.change):  # a generation from another model or text never stays on screen
+        changed(lambda: (None, None, [], ""), None, [result, *views], queue=False)
     generate.click(fetch, [model, text, n_tokens], [result, step], **queue).then(
         show, [result, step, layer, head], views
     )

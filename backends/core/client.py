@@ -90,8 +90,10 @@ class RemoteClient:
         spec = self._endpoints.get(endpoint)
         if spec is None:
             raise ServiceError(f"the {self.panel} panel has no endpoint {endpoint!r}")
-        if len(args) != len(spec.params):
-            raise ServiceError(f"{endpoint} takes {len(spec.params)} arguments, got {len(args)}")
+        missing = [param for param in spec.params[len(args):] if param.required]
+        if len(args) > len(spec.params) or missing:
+            raise ServiceError(f"{endpoint} takes {len(spec.params)} arguments ({spec.signature()}), got {len(args)}")
+        args = (*args, *(param.default for param in spec.params[len(args):]))
         client = self._connect()
         with tempfile.TemporaryDirectory() as folder:
             sent = [_encode(arg, param.kind, folder) for arg, param in zip(args, spec.params, strict=True)]

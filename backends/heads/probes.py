@@ -45,6 +45,60 @@ NEEDLES = (
     ("The secret code is 5813.", "What is the secret code?"),
 )
 NEEDLE_DEPTHS = (0.25, 0.75)
+#: the long haystacks' sentences are drawn from these parts (subject, verb, object, place, time)
+FILLER_PARTS = (
+    (
+        "the old farmer",
+        "a quiet student",
+        "the baker",
+        "my neighbour",
+        "the captain",
+        "a tired doctor",
+        "the painter",
+        "our teacher",
+        "the young pilot",
+        "a careful driver",
+        "the gardener",
+        "the musician",
+    ),
+    ("carried", "painted", "repaired", "found", "sold", "cleaned", "watched", "borrowed", "described", "forgot"),
+    (
+        "a wooden chair",
+        "the blue bicycle",
+        "two baskets of pears",
+        "an old map",
+        "the kitchen window",
+        "a heavy suitcase",
+        "the garden fence",
+        "a letter from home",
+        "the brass lamp",
+        "a box of nails",
+    ),
+    (
+        "near the river",
+        "in the village square",
+        "behind the station",
+        "at the harbour",
+        "on the hill road",
+        "inside the library",
+        "by the bakery",
+        "under the bridge",
+        "in the market hall",
+        "beside the school",
+    ),
+    (
+        "before breakfast",
+        "on a rainy Monday",
+        "late in the evening",
+        "after the storm",
+        "during the festival",
+        "in early spring",
+        "at noon",
+        "on Sunday morning",
+        "before the train left",
+        "in the cold winter",
+    ),
+)
 
 #: name → (items, cyclic); items are tried with and without a leading space, the first fully single-token form wins
 ORDINAL_SEQUENCES: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -128,33 +182,45 @@ def repeated_random_tokens(
 
 
 def needle_prompts(tokenizer) -> list[NeedleProbe]:
-    """Every needle at every depth, formatted with the model's chat template when it has one."""
-    probes = []
-    for needle, question in NEEDLES:
-        for depth in NEEDLE_DEPTHS:
-            sentences = list(HAYSTACK)
-            sentences.insert(round(len(sentences) * depth), needle)
-            user_text = " ".join(sentences) + "\n\n" + question
-            prompt = _as_prompt(tokenizer, user_text)
-            encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-            char_start = prompt.index(needle)
-            char_end = char_start + len(needle)
-            inside = [
-                index
-                for index, (start, end) in enumerate(encoding["offset_mapping"])
-                if start < char_end and end > char_start
-            ]
-            probes.append(
-                NeedleProbe(
-                    input_ids=list(encoding["input_ids"]),
-                    needle_start=inside[0],
-                    needle_end=inside[-1] + 1,
-                    needle=needle,
-                    question=question,
-                    depth=depth,
-                )
-            )
-    return probes
+    """Every needle at every depth of the short haystack, formatted with the model's chat template when it has one."""
+    return [
+        needle_probe(tokenizer, list(HAYSTACK), needle, question, depth)
+        for needle, question in NEEDLES
+        for depth in NEEDLE_DEPTHS
+    ]
+
+
+def needle_probe(tokenizer, sentences: list[str], needle: str, question: str, depth: float) -> NeedleProbe:
+    """``needle`` inserted at ``depth`` (0 = first, 1 = last) of the haystack ``sentences``, then ``question``."""
+    sentences = list(sentences)
+    sentences.insert(round(len(sentences) * depth), needle)
+    prompt = _as_prompt(tokenizer, " ".join(sentences) + "\n\n" + question)
+    encoding = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    char_start = prompt.index(needle)
+    char_end = char_start + len(needle)
+    inside = [
+        index for index, (start, end) in enumerate(encoding["offset_mapping"]) if start < char_end and end > char_start
+    ]
+    return NeedleProbe(
+        input_ids=list(encoding["input_ids"]),
+        needle_start=inside[0],
+        needle_end=inside[-1] + 1,
+        needle=needle,
+        question=question,
+        depth=depth,
+    )
+
+
+def filler_sentences(tokenizer, n_tokens: int, seed: int) -> list[str]:
+    """Seeded, varied haystack sentences (subject, verb, object, place, time) totalling about ``n_tokens`` tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    sentences, total = [], 0
+    while total < n_tokens:
+        words = [part[int(torch.randint(len(part), (1,), generator=generator))] for part in FILLER_PARTS]
+        sentence = f"{words[0]} {words[1]} {words[2]} {words[3]} {words[4]}."
+        sentences.append(sentence[0].upper() + sentence[1:])
+        total += len(tokenizer(" " + sentence, add_special_tokens=False)["input_ids"])
+    return sentences
 
 
 def ordinal_tasks(tokenizer) -> list[OrdinalTask]:

@@ -22,7 +22,7 @@ CMAP = "magma"
 GAP = 2  # pixels between thumbnails
 GROUP_GAP = 6  # pixels between key/value groups (GQA)
 DPI = 100
-MARGIN_LEFT, MARGIN_TOP, MARGIN_RIGHT, MARGIN_BOTTOM = 44, 40, 12, 34  # model-view margins in pixels
+MARGIN_LEFT, MARGIN_TOP, MARGIN_RIGHT, MARGIN_BOTTOM = 44, 40, 12, 64  # model-view margins in pixels
 LABELLED_TOKENS = 80  # heatmaps label every token up to this length, then every n-th
 
 
@@ -30,19 +30,14 @@ LABELLED_TOKENS = 80  # heatmaps label every token up to this length, then every
 class ModelViewLayout:
     """Where each head's thumbnail sits in the model-view image (pixels, origin top-left), for click → head.
 
-    Layers run along the longer side: rows for models with more heads than layers, columns otherwise (SmolLM2's
-    30 layers × 9 heads become a wide image). Query heads that share a key/value head sit closer together.
+    Layers are always the columns (left to right) and heads the rows, whatever the model's shape. Query heads that
+    share a key/value head sit closer together.
     """
 
     thumb: int
     n_layers: int
     n_heads: int
     heads_per_group: int
-
-    @property
-    def layers_on_rows(self) -> bool:
-        """True when layers are the rows (and heads the columns)."""
-        return self.n_layers <= self.n_heads
 
     def layer_offsets(self) -> list[int]:
         """Start of each layer's thumbnails along the layer axis, from the grid's edge."""
@@ -57,19 +52,15 @@ class ModelViewLayout:
 
     def grid_size(self) -> tuple[int, int]:
         """(width, height) of the thumbnail grid."""
-        layer_extent = self.layer_offsets()[-1] + self.thumb
-        head_extent = self.head_offsets()[-1] + self.thumb
-        return (head_extent, layer_extent) if self.layers_on_rows else (layer_extent, head_extent)
+        return self.layer_offsets()[-1] + self.thumb, self.head_offsets()[-1] + self.thumb
 
     def as_dict(self) -> dict:
         """JSON form for the UI: the image-pixel start of each row and column, what rows are ("layer" or "head") and
         the thumbnail side; a click at (x, y) is on row r when ``rows[r] <= y < rows[r] + thumb``, likewise columns."""
-        layer_axis, head_axis = self.layer_offsets(), self.head_offsets()
-        rows, columns = (layer_axis, head_axis) if self.layers_on_rows else (head_axis, layer_axis)
         return {
-            "rows": [MARGIN_TOP + offset for offset in rows],
-            "columns": [MARGIN_LEFT + offset for offset in columns],
-            "rows_are": "layer" if self.layers_on_rows else "head",
+            "rows": [MARGIN_TOP + offset for offset in self.head_offsets()],
+            "columns": [MARGIN_LEFT + offset for offset in self.layer_offsets()],
+            "rows_are": "head",
             "thumb": self.thumb,
             "heads_per_group": self.heads_per_group,
         }
@@ -85,8 +76,7 @@ def model_view_mosaic(thumbnails: torch.Tensor, layout: ModelViewLayout) -> np.n
     size = layout.thumb
     for layer, layer_start in enumerate(layout.layer_offsets()):
         for head, head_start in enumerate(layout.head_offsets()):
-            top, left = (layer_start, head_start) if layout.layers_on_rows else (head_start, layer_start)
-            canvas[top : top + size, left : left + size] = colours[layer, head]
+            canvas[head_start : head_start + size, layer_start : layer_start + size] = colours[layer, head]
     return canvas
 
 
@@ -106,18 +96,28 @@ def model_view_figure(thumbnails: torch.Tensor, heads_per_group: int, title: str
         extent=(0, grid_width, grid_height, 0),
     )
     head_label = "head" + (f" (groups of {heads_per_group} share a KV head)" if heads_per_group > 1 else "")
-    layer_ticks = _axis_ticks(layout.layer_offsets(), thumb)
-    head_ticks = _axis_ticks(layout.head_offsets(), thumb)
-    rows, columns = (layer_ticks, head_ticks) if layout.layers_on_rows else (head_ticks, layer_ticks)
-    axes.set_yticks(*rows, fontsize=7)
-    axes.set_xticks(*columns, fontsize=7)
-    axes.set_ylabel("layer" if layout.layers_on_rows else head_label, fontsize=8)
-    axes.set_xlabel(head_label if layout.layers_on_rows else "layer", fontsize=8)
+    axes.set_yticks(*_axis_ticks(layout.head_offsets(), thumb), fontsize=7)
+    axes.set_xticks(*_axis_ticks(layout.layer_offsets(), thumb), fontsize=7)
+    axes.set_ylabel(head_label, fontsize=8)
+    axes.set_xlabel("layer", fontsize=8)
     axes.tick_params(length=0, pad=2)
     for side in axes.spines.values():
         side.set_visible(False)
+    _contrast_legend(figure, width, height)
     figure.suptitle(title, fontsize=8, y=1 - 8 / height, va="top")
     return figure, layout
+
+
+def _contrast_legend(figure: Figure, width: int, height: int) -> None:
+    """A colour bar under the grid: colour against the weight as a share of that head's own maximum (√ contrast)."""
+    legend_width = min(220, width - MARGIN_LEFT - MARGIN_RIGHT - 24)
+    left = 1 - (MARGIN_RIGHT + 24 + legend_width) / width
+    bar = figure.add_axes((left, 16 / height, legend_width / width, 7 / height))
+    bar.imshow(np.linspace(0, 1, 256)[None, :], cmap=CMAP, aspect="auto", extent=(0, 1, 0, 1))
+    bar.set_yticks([])
+    bar.set_xticks([0, 0.5, 1], ["0", "¼ of max", "max"], fontsize=6)
+    bar.tick_params(length=2, pad=1)
+    bar.set_title("weight (√ scale, per head)", fontsize=6, pad=2)
 
 
 def _axis_ticks(offsets: list[int], thumb: int) -> tuple[list[float], list[str]]:
@@ -127,25 +127,31 @@ def _axis_ticks(offsets: list[int], thumb: int) -> tuple[list[float], list[str]]
     return [offsets[index] + thumb / 2 for index in chosen], [str(index) for index in chosen]
 
 
-def heatmap_figure(attention: np.ndarray, tokens: list[str], title: str, hide_first: bool, causal: bool) -> Figure:
-    """A ``[T, T]`` map (rows = queries, columns = keys) with token labels; the first column greyed out if hidden."""
-    n_tokens = attention.shape[0]
+def heatmap_figure(
+    attention: np.ndarray, rows: list[str], columns: list[str], title: str, hide_first: bool, causal: bool
+) -> Figure:
+    """A map (rows = queries, columns = keys) with a label per row and column; the first column greyed out if
+    hidden, the part above the diagonal masked out for an exact causal map."""
+    n_rows, n_columns = attention.shape
     values = np.ma.masked_array(attention, mask=np.zeros_like(attention, dtype=bool))
     if causal:
         values.mask |= np.triu(np.ones_like(attention, dtype=bool), k=1)
-    if hide_first and n_tokens > 1:
+    if hide_first and n_columns > 1:
         values.mask[:, 0] = True
-    labelled = n_tokens <= LABELLED_TOKENS
-    side = 3.2 + (0.13 * n_tokens if labelled else 5.5)
+    longest = max(n_rows, n_columns)
+    labelled = longest <= LABELLED_TOKENS
+    side = 3.2 + (0.13 * longest if labelled else 5.5)
     figure = Figure(figsize=(min(side, 14) + 1.2, min(side, 14)), dpi=DPI)
     axes = figure.add_subplot()
     cmap = colormaps[CMAP].with_extremes(bad="#d9d9d9")
-    image = axes.imshow(values, cmap=cmap, interpolation="nearest", vmin=0, vmax=max(float(values.max() or 0), 1e-9))
+    peak = max(float(values.max() or 0), 1e-9)
+    image = axes.imshow(values, cmap=cmap, interpolation="nearest", vmin=0, vmax=peak, aspect="auto")
     figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label="attention weight")
-    positions, names = _tick_labels(tokens)
-    font = 8 if n_tokens <= 40 else 6
-    axes.set_xticks(positions, names, rotation=90, fontsize=font)
-    axes.set_yticks(positions, names, fontsize=font)
+    font = 8 if longest <= 40 else 6
+    column_ticks, column_names = _tick_labels(columns)
+    row_ticks, row_names = _tick_labels(rows)
+    axes.set_xticks(column_ticks, column_names, rotation=90, fontsize=font)
+    axes.set_yticks(row_ticks, row_names, fontsize=font)
     axes.set_xlabel("key (attended to)")
     axes.set_ylabel("query (attending)")
     axes.set_title(title, fontsize=9)
@@ -169,18 +175,18 @@ def figure_svg(figure: Figure) -> str:
     return buffer.getvalue()
 
 
-def matrix_json(attention: np.ndarray, tokens: list[str], meta: dict) -> str:
-    """A head's matrix with its tokens as JSON (``meta`` says which model, layer and head)."""
-    return json.dumps({**meta, "tokens": tokens, "attention": np.round(attention, 6).tolist()}, ensure_ascii=False)
+def matrix_json(attention: np.ndarray, rows: list[str], columns: list[str], meta: dict) -> str:
+    """A map's matrix with its row (query) and column (key) labels as JSON (``meta`` says which map and window)."""
+    payload = {**meta, "rows": rows, "columns": columns, "attention": np.round(attention, 6).tolist()}
+    return json.dumps(payload, ensure_ascii=False)
 
 
-def matrix_csv(attention: np.ndarray, tokens: list[str]) -> str:
-    """A head's matrix as CSV: a header of key tokens, then one row per query token."""
+def matrix_csv(attention: np.ndarray, rows: list[str], columns: list[str]) -> str:
+    """A map's matrix as CSV: a header of key labels, then one row per query label."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    labels = [f"{index}:{token}" for index, token in enumerate(tokens)]
-    writer.writerow(["query \\ key", *labels])
-    for label, row in zip(labels, attention, strict=True):
+    writer.writerow(["query \\ key", *columns])
+    for label, row in zip(rows, attention, strict=True):
         writer.writerow([label, *(f"{value:.6g}" for value in row)])
     return buffer.getvalue()
 
@@ -191,9 +197,8 @@ def display_token(token: str) -> str:
     return shown[:14] or "∅"
 
 
-def _tick_labels(tokens: list[str]) -> tuple[list[int], list[str]]:
-    if len(tokens) <= LABELLED_TOKENS:
-        return list(range(len(tokens))), [display_token(token) for token in tokens]
-    step = -(-len(tokens) // 40)
-    positions = list(range(0, len(tokens), step))
-    return positions, [f"{index} {display_token(tokens[index])}" for index in positions]
+def _tick_labels(labels: list[str]) -> tuple[list[int], list[str]]:
+    """Every label up to ``LABELLED_TOKENS`` of them, else about 40 evenly spaced ones."""
+    step = 1 if len(labels) <= LABELLED_TOKENS else -(-len(labels) // 40)
+    positions = list(range(0, len(labels), step))
+    return positions, [labels[index] for index in positions]

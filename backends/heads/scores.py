@@ -31,6 +31,7 @@ from backends.core.service import ServiceError
 from backends.heads.attention import _rounded, run_with_attention
 from backends.heads.generation import greedy_steps
 from backends.heads.models import LanguageModel
+from backends.heads.plan import AttentionChunk
 from backends.heads.probes import (
     NeedleProbe,
     RepeatedTokens,
@@ -128,46 +129,83 @@ def template_masks(input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 class TextScores:
-    """Reducer: previous-token, duplicate, induction, sink, WAAD and FAI for every head, one layer at a time.
+    """Reducer: previous-token, duplicate, induction, sink, WAAD and FAI for every head, chunk by chunk.
 
-    All six come from one matrix product per layer: the layer's maps ``[H, T·T]`` times a stack of ``[T·T]`` weight
-    masks (built once per input), plus a column sum for FAI.
+    Every score reads only a few weights per query row (the diagonal band, the earlier copies of the row's token,
+    the first column) plus the column sums for FAI, so a chunk costs little beyond the pass that made it.
     """
 
     def __init__(self, n_layers: int, n_heads: int, window: int = WAAD_WINDOW):
         self.window = window
-        self.values = {name: torch.zeros(n_layers, n_heads) for name in (*TEMPLATES, "sink", "waad", "fai")}
+        self.sums = {name: torch.zeros(n_layers, n_heads, dtype=torch.float64) for name in (*TEMPLATES, "sink", "waad")}
+        self.received: dict[int, torch.Tensor] = {}  # layer → [H, T]: Σ over later queries t > s of A[t, s]
+        self.target_rows = {name: 0 for name in TEMPLATES}
+        self.n_tokens = 0
         self.fai_anchor = torch.full((n_layers, n_heads), -1, dtype=torch.long)
-        self._masks: torch.Tensor | None = None
-        self._row_counts: torch.Tensor | None = None
 
-    def _build_masks(self, input_ids: torch.Tensor, device: torch.device) -> None:
-        n_tokens = input_ids.shape[0]
-        templates = template_masks(input_ids)
-        rows = [(mask.sum(-1, keepdim=True) > 0).float().expand(-1, n_tokens) for mask in templates.values()]
-        distance = torch.arange(n_tokens)[:, None] - torch.arange(n_tokens)[None, :]
-        waad = distance.clamp(0, self.window).float()
-        self._masks = torch.stack([*templates.values(), *rows, waad]).reshape(7, -1).to(device)
+    def update(self, layer: int, chunk: AttentionChunk) -> None:
+        """Add one chunk's rows to layer ``layer``'s scores."""
+        weights, start, ids = chunk.weights, chunk.row_start, chunk.input_ids
+        n_heads, n_rows, n_keys = weights.shape
+        rows = torch.arange(start, chunk.row_end, device=weights.device)
+        local = torch.arange(n_rows, device=weights.device)
+        self.n_tokens = chunk.n_tokens
+        sums = self.sums
+        # previous token: the weight on key t−1 of every row t ≥ 1
+        has_previous = rows >= 1
+        sums["previous_token"][layer] += weights[:, local[has_previous], rows[has_previous] - 1].sum(-1).double().cpu()
+        # duplicate / induction: the weights on earlier copies of the row's token (and on the keys just after them)
+        same = (ids[start : chunk.row_end, None] == ids[None, :n_keys]) & (
+            torch.arange(n_keys, device=weights.device)[None, :] < rows[:, None]
+        )
+        pair_rows, pair_keys = same.nonzero(as_tuple=True)
+        sums["duplicate"][layer] += weights[:, pair_rows, pair_keys].sum(-1).double().cpu()
+        sums["induction"][layer] += weights[:, pair_rows, pair_keys + 1].sum(-1).double().cpu()
+        # sink: the first column, rows t ≥ 1
+        sums["sink"][layer] += weights[:, local[has_previous], 0].sum(-1).double().cpu()
+        # WAAD: Σ_s A[t,s]·min(t−s, W) = W·Σ_{s≤t} A[t,s] − Σ_{d<W} (W−d)·A[t, t−d]
+        on_or_before = (
+            torch.ones(n_heads, n_rows, device=weights.device)
+            if chunk.causal
+            else (weights * (torch.arange(n_keys, device=weights.device)[None, :] <= rows[:, None])).sum(-1)
+        )
+        waad = self.window * on_or_before
+        for distance in range(min(self.window, chunk.row_end)):
+            band = rows >= distance
+            waad[:, band] -= (self.window - distance) * weights[:, local[band], rows[band] - distance]
+        sums["waad"][layer] += waad[:, has_previous].sum(-1).double().cpu()
+        # FAI: column sums over strictly later rows
+        below = weights.sum(1)  # [H, keys]
+        diagonal_keys = rows[rows < n_keys]
+        below[:, diagonal_keys] -= weights[:, local[rows < n_keys], diagonal_keys]
+        if not chunk.causal:  # keys after a row's own position are not "later queries"
+            after = torch.arange(n_keys, device=weights.device)[None, :] > rows[:, None]
+            below -= (weights * after).sum(1)
+        received = self.received.setdefault(layer, torch.zeros(n_heads, chunk.n_keys, dtype=torch.float64))
+        received[:, :n_keys] += below.double().cpu()
+        if layer == 0:
+            self.target_rows = {
+                name: count + int(has_previous.sum() if name == "previous_token" else same.any(-1).sum())
+                for name, count in self.target_rows.items()
+            }
 
-    def update(self, layer: int, attn: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Score layer ``layer``'s heads from their maps ``[H, T, T]``."""
-        if self._masks is None or self._masks.shape[-1] != attn.shape[-1] ** 2:
-            self._build_masks(input_ids, attn.device)
-        n_heads, n_tokens, _ = attn.shape
-        sums = attn.reshape(n_heads, -1).float() @ self._masks.T  # [H, 7]
-        for index, name in enumerate(TEMPLATES):
-            self.values[name][layer] = (sums[:, index] / sums[:, index + 3].clamp_min(1e-12)).cpu()
-        self.values["waad"][layer] = (sums[:, 6] / max(n_tokens - 1, 1)).cpu()
-        if n_tokens > 1:
-            self.values["sink"][layer] = attn[:, 1:, 0].mean(-1).cpu()
+    @property
+    def values(self) -> dict[str, torch.Tensor]:
+        """Every score ``[layers, heads]`` from the sums so far (and ``fai_anchor`` updated alongside)."""
+        n_tokens = self.n_tokens
+        values = {name: (self.sums[name] / max(self.target_rows[name], 1)).float() for name in TEMPLATES}
+        values["sink"] = (self.sums["sink"] / max(n_tokens - 1, 1)).float()
+        values["waad"] = (self.sums["waad"] / max(n_tokens - 1, 1)).float()
+        fai = torch.zeros_like(values["sink"])
         last_anchor = n_tokens - 1 - self.window  # positions s in [1, last_anchor] have ≥ W later queries
-        if last_anchor >= 1:
-            received = attn.tril(-1).sum(1)  # Σ_{t>s} A[t, s] for every key s
-            later = torch.arange(n_tokens - 1, 0, -1, device=attn.device).float()  # T−1−s for s = 0…T−2
-            fai = received[:, 1 : last_anchor + 1] / later[1 : last_anchor + 1]
-            best, position = fai.max(-1)
-            self.values["fai"][layer] = best.cpu()
-            self.fai_anchor[layer] = (position + 1).cpu()
+        for layer, received in self.received.items():
+            if last_anchor >= 1:
+                later = torch.arange(n_tokens - 1, 0, -1).double()  # T−1−s for s = 0…T−2
+                best, position = (received[:, 1 : last_anchor + 1] / later[1 : last_anchor + 1]).max(-1)
+                fai[layer] = best.float()
+                self.fai_anchor[layer] = position + 1
+        values["fai"] = fai
+        return values
 
     def result(self) -> dict:
         """``{score: [layer][head]}`` for the six text-based scores, plus ``fai_anchor`` positions."""

@@ -1,9 +1,10 @@
 """The Heads panel's backend service: attention maps of language models, their views and exports.
 
-Every endpoint takes the model first ("" = the embedded SmolLM2) and the text second. One analysis pass per
-(model, text) computes the per-head statistics and the model-view thumbnails and, for short inputs, keeps every
-layer's maps, so the views that follow (a head, the mean over heads, the rollout, bertviz) reuse it; for long inputs
-those views run their own pass that keeps only what they need.
+Every endpoint takes the model first ("" = the embedded SmolLM2) and the text second. Texts run up to the model's
+context (8,192 tokens for SmolLM2). One analysis pass per (model, text) computes the per-head statistics, the
+text-based head scores and every head's map pooled to at most 256×256 blocks (exact for inputs up to 256 tokens);
+the model view and the heatmaps are drawn from those. A zoom into a token window runs its own pass that keeps only
+that window, at full resolution up to 256 tokens a side; the rollout and bertviz run their own pass on short inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,51 +27,53 @@ from backends.heads import bertviz_view, render
 from backends.heads.ablation import ablation_report, require_causal
 from backends.heads.api import HeadsAPI
 from backends.heads.attention import (
-    CaptureLayers,
+    MAP_BINS,
     HeadStats,
-    Reducer,
+    PooledMaps,
     Rollout,
-    Thumbnails,
     Tokenized,
-    capture_fits,
-    replay,
+    block_size,
     run_with_attention,
     thumbnail_size,
     tokenize,
 )
 from backends.heads.generation import generate_with_attention
 from backends.heads.models import EMBEDDED_MODELS, SMOLLM2, LanguageModel, load_language_model
+from backends.heads.needles import NeedleCache, NeedleSetup
 from backends.heads.scores import ProbeScoreCache, TextScores, head_scores
 
-#: keep every layer's maps of an analysed text when they fit in this many floats (64 MB)
-CAPTURE_BUDGET = 16_000_000
 MAX_CONTROL_SHARE = 0.05  # more control characters than this and the input is not text
 MAP_VIEWS = ("head", "mean", "rollout")
+MAX_CACHED_WINDOWS = 8  # zoom windows kept per analysed text
 FIGURES = ("model", *MAP_VIEWS)
 EXPORT_FORMATS = {"png": "image/png", "svg": "image/svg+xml", "json": "application/json", "csv": "text/csv"}
 
 
 @dataclass
 class Analysis:
-    """One analysed (model, text): tokens, statistics, thumbnails and, for short inputs, every layer's maps."""
+    """One analysed (model, text): tokens, statistics, every head's pooled map and the text's head scores."""
 
     lm: LanguageModel
     tokenized: Tokenized
     stats: dict
-    thumbnails: dict[str, torch.Tensor]
-    layers: dict[int, torch.Tensor] | None
+    pooled: PooledMaps
     seconds: float
+    text_scores: dict
     rollout: torch.Tensor | None = None  # computed on first request
-    text_scores: dict | None = None  # head-type scores of the text (TextScores, same pass)
+    #: zoomed windows already computed: (rows, columns, layer or None) → their pooled maps
+    windows: OrderedDict = field(default_factory=OrderedDict)
 
 
 @dataclass
 class AttentionMap:
-    """One ``[T, T]`` map to draw or export, with its title and what it is."""
+    """One map to draw or export (rows = queries, columns = keys, exact or pooled), its labels, title and meta."""
 
     values: np.ndarray
+    rows: list[str]  # one label per row: the token, or the block's token range when pooled
+    columns: list[str]
     title: str
     meta: dict
+    causal: bool  # an exact causal map: the part above the diagonal is masked out
 
 
 class HeadsService(HeadsAPI, Service):
@@ -112,15 +115,26 @@ class HeadsService(HeadsAPI, Service):
             "seconds": analysis.seconds,
         }
 
-    def heads_model_view(self, model: str = "", text: str = "", hide_first_token: int = 0) -> tuple[Image.Image, dict]:
-        figure, layout = self._model_view_figure(model, text, bool(hide_first_token))
-        return render.figure_png(figure), layout.as_dict()
+    def heads_model_view(
+        self, model: str = "", text: str = "", hide_first_token: int = 0, start: int = 0, end: int = 0
+    ) -> tuple[Image.Image, dict]:
+        figure, layout, window = self._model_view_figure(model, text, bool(hide_first_token), int(start), int(end))
+        return render.figure_png(figure), {**layout.as_dict(), "window": [window.start, window.stop]}
 
     def heads_map(
-        self, model: str = "", text: str = "", view: str = "head", layer: int = 0, head: int = 0,
+        self,
+        model: str = "",
+        text: str = "",
+        view: str = "head",
+        layer: int = 0,
+        head: int = 0,
         hide_first_token: int = 0,
+        start: int = 0,
+        end: int = 0,
+        key_start: int = -1,
+        key_end: int = -1,
     ) -> Image.Image:
-        attention_map = self._attention_map(model, text, view, int(layer), int(head))
+        attention_map = self._attention_map(model, text, view, int(layer), int(head), (start, end, key_start, key_end))
         return render.figure_png(self._map_figure(model, text, attention_map, bool(hide_first_token)))
 
     def heads_export(
@@ -132,6 +146,10 @@ class HeadsService(HeadsAPI, Service):
         layer: int = 0,
         head: int = 0,
         hide_first_token: int = 0,
+        start: int = 0,
+        end: int = 0,
+        key_start: int = -1,
+        key_end: int = -1,
     ) -> dict:
         fmt = (fmt or "").lower()
         if figure not in FIGURES:
@@ -142,17 +160,16 @@ class HeadsService(HeadsAPI, Service):
         if figure == "model":
             if fmt in ("json", "csv"):
                 raise ServiceError("JSON/CSV export is for one map (a head, the mean, the rollout), not the model view")
-            drawn, _ = self._model_view_figure(model, text, hide)
+            drawn, _, _ = self._model_view_figure(model, text, hide, int(start), int(end))
             name = f"{_file_stem(self._analysis(model, text).lm)}-model-view"
         else:
-            attention_map = self._attention_map(model, text, figure, int(layer), int(head))
+            window = (start, end, key_start, key_end)
+            attention_map = self._attention_map(model, text, figure, int(layer), int(head), window)
             name = attention_map.meta["name"]
             if fmt in ("json", "csv"):
-                tokens = self._analysis(model, text).tokenized.tokens
+                labelled = (attention_map.values, attention_map.rows, attention_map.columns)
                 content = (
-                    render.matrix_json(attention_map.values, tokens, attention_map.meta)
-                    if fmt == "json"
-                    else render.matrix_csv(attention_map.values, tokens)
+                    render.matrix_json(*labelled, attention_map.meta) if fmt == "json" else render.matrix_csv(*labelled)
                 )
                 return _export(f"{name}.{fmt}", fmt, content)
             drawn = self._map_figure(model, text, attention_map, hide)
@@ -171,7 +188,7 @@ class HeadsService(HeadsAPI, Service):
                 f"{bertviz_view.MAX_VALUES:,} weights); this text has {len(tokens)} tokens. "
                 "Use the model view and heatmaps, which scale to long texts."
             )
-        layers = self._layers(analysis, range(lm.n_layers))
+        layers = analysis.pooled.result()["pooled"]  # exact: a bertviz-sized input is far below MAP_BINS
         document = bertviz_view.bertviz_document(view, [layers[layer] for layer in range(lm.n_layers)], tokens)
         return {
             "model": lm.model_id,
@@ -193,16 +210,14 @@ class HeadsService(HeadsAPI, Service):
         start = time.perf_counter()
         stats = HeadStats(lm.n_layers, lm.n_heads, lm.is_causal)
         scores = TextScores(lm.n_layers, lm.n_heads)
-        thumbnails = Thumbnails(lm.n_layers, lm.n_heads, thumbnail_size(lm.n_layers, lm.n_heads))
+        pooled = PooledMaps(lm.n_layers, lm.n_heads)
         tokenized = tokenize(lm, text)
-        capture = CaptureLayers() if capture_fits(lm, len(tokenized.tokens), CAPTURE_BUDGET) else None
-        run_with_attention(lm, tokenized.input_ids, [stats, thumbnails, scores, *([capture] if capture else [])])
+        run_with_attention(lm, tokenized.input_ids, [stats, pooled, scores])
         analysis = Analysis(
             lm=lm,
             tokenized=tokenized,
             stats=stats.result(),
-            thumbnails=thumbnails.result(),
-            layers=capture.result()["layers"] if capture else None,
+            pooled=pooled,
             seconds=round(time.perf_counter() - start, 3),
             text_scores=scores.result(),
         )
@@ -211,58 +226,88 @@ class HeadsService(HeadsAPI, Service):
             _trim(self._analyses, self.max_cached_analyses)
         return analysis
 
-    def _run(self, analysis: Analysis, reducers: list[Reducer]) -> None:
-        """Feed ``reducers`` the analysis's kept maps, or run a new pass when the text was too long to keep them."""
-        if analysis.layers is not None:
-            replay(analysis.layers, analysis.tokenized.input_ids, reducers)
-        else:
-            run_with_attention(analysis.lm, analysis.tokenized.input_ids, reducers)
-
-    def _layers(self, analysis: Analysis, layers: range | list[int]) -> dict[int, torch.Tensor]:
-        capture = CaptureLayers(layers)
-        self._run(analysis, [capture])
-        return capture.result()["layers"]
+    def _window(self, analysis: Analysis, rows: range, columns: range, layer: int | None) -> PooledMaps:
+        """The pooled maps of one window (the analysis's own for the whole text; else a pass, kept for reuse)."""
+        n_tokens = len(analysis.tokenized.tokens)
+        if rows == columns == range(n_tokens):
+            return analysis.pooled
+        key = (rows.start, rows.stop, columns.start, columns.stop, layer)
+        with self._analysis_lock:
+            if key in analysis.windows:
+                return analysis.windows[key]
+        lm = analysis.lm
+        layers = None if layer is None else [layer]
+        pooled = PooledMaps(lm.n_layers, lm.n_heads, rows=rows, columns=columns, layers=layers)
+        run_with_attention(lm, analysis.tokenized.input_ids, [pooled])
+        with self._analysis_lock:
+            analysis.windows[key] = pooled
+            _trim(analysis.windows, MAX_CACHED_WINDOWS)
+        return pooled
 
     def _rollout(self, analysis: Analysis) -> torch.Tensor:
         if analysis.rollout is None:
             rollout = Rollout()
-            self._run(analysis, [rollout])
+            run_with_attention(analysis.lm, analysis.tokenized.input_ids, [rollout])
             analysis.rollout = rollout.result()["rollout"]
         return analysis.rollout
 
-    def _attention_map(self, model: str, text: str, view: str, layer: int, head: int) -> AttentionMap:
+    def _attention_map(
+        self, model: str, text: str, view: str, layer: int, head: int, window: tuple = (0, 0, -1, -1)
+    ) -> AttentionMap:
         analysis = self._analysis(model, text)
-        lm = analysis.lm
+        lm, tokens = analysis.lm, analysis.tokenized.tokens
         if view not in MAP_VIEWS:
             raise ServiceError(f"unknown view {view!r}; use one of {MAP_VIEWS}")
+        rows, columns = token_window(len(tokens), *window)
         if view == "rollout":
-            values = self._rollout(analysis).numpy()
-            return AttentionMap(values, "Attention rollout over all layers", _meta(lm, "rollout", None, None))
+            values = self._rollout(analysis).numpy()[rows.start : rows.stop, columns.start : columns.stop]
+            labels = token_labels(tokens, rows, 1), token_labels(tokens, columns, 1)
+            meta = _meta(lm, "rollout", None, None, rows, columns)
+            return AttentionMap(values, *labels, "Attention rollout over all layers", meta, False)
         if not 0 <= layer < lm.n_layers:
             raise ServiceError(f"layer {layer} does not exist: {lm.model_id} has layers 0–{lm.n_layers - 1}")
-        maps = self._layers(analysis, [layer])[layer]
-        if view == "mean":
-            title = f"Layer {layer}: mean over its {lm.n_heads} heads"
-            return AttentionMap(maps.mean(0).numpy(), title, _meta(lm, "mean", layer, None))
-        if not 0 <= head < lm.n_heads:
+        if view == "head" and not 0 <= head < lm.n_heads:
             raise ServiceError(f"head {head} does not exist: {lm.model_id} has heads 0–{lm.n_heads - 1} per layer")
+        pooled = self._window(analysis, rows, columns, layer)
+        maps = pooled.means(layer)
+        row_block, column_block = block_size(len(rows), MAP_BINS), block_size(len(columns), MAP_BINS)
+        labels = token_labels(tokens, rows, row_block), token_labels(tokens, columns, column_block)
+        exact = row_block == column_block == 1
+        causal = lm.is_causal and exact and rows == columns
+        whole = len(rows) == len(tokens) and rows == columns
+        span = "" if whole else f" · queries {_span(rows)}, keys {_span(columns)}"
+        pooled_note = "" if exact else f" · pooled {row_block}×{column_block} tokens"
+        if view == "mean":
+            title = f"Layer {layer}: mean over its {lm.n_heads} heads{span}{pooled_note}"
+            meta = _meta(lm, "mean", layer, None, rows, columns)
+            return AttentionMap(maps.mean(0).numpy(), *labels, title, meta, causal)
         group = f" · KV head {lm.kv_group(head)}" if lm.n_kv_heads < lm.n_heads else ""
-        return AttentionMap(maps[head].numpy(), f"Layer {layer} · head {head}{group}", _meta(lm, "head", layer, head))
+        title = f"Layer {layer} · head {head}{group}{span}{pooled_note}"
+        return AttentionMap(maps[head].numpy(), *labels, title, _meta(lm, "head", layer, head, rows, columns), causal)
 
     def _map_figure(self, model: str, text: str, attention_map: AttentionMap, hide_first: bool) -> Figure:
         analysis = self._analysis(model, text)
         title = f"{analysis.lm.model_id} — {attention_map.title}"
-        causal = analysis.lm.is_causal and attention_map.meta["view"] != "rollout"
-        return render.heatmap_figure(attention_map.values, analysis.tokenized.tokens, title, hide_first, causal)
+        hide = hide_first and attention_map.meta["key_start"] == 0
+        return render.heatmap_figure(
+            attention_map.values, attention_map.rows, attention_map.columns, title, hide, attention_map.causal
+        )
 
-    def _model_view_figure(self, model: str, text: str, hide_first: bool) -> tuple[Figure, render.ModelViewLayout]:
+    def _model_view_figure(
+        self, model: str, text: str, hide_first: bool, start: int = 0, end: int = 0
+    ) -> tuple[Figure, render.ModelViewLayout, range]:
         analysis = self._analysis(model, text)
         lm = analysis.lm
-        thumbnails = analysis.thumbnails["without_first" if hide_first else "full"]
-        shown = "first-token column hidden" if hide_first else "all tokens"
+        window, _ = token_window(len(analysis.tokenized.tokens), start, end)
+        pooled = self._window(analysis, window, window, None)
+        size = thumbnail_size(lm.n_layers, lm.n_heads)
+        thumbnails = pooled.thumbnails(size, hide_first and window.start == 0)
+        shown = "first-token column hidden" if hide_first and window.start == 0 else "all tokens"
         n_tokens = len(analysis.tokenized.tokens)
-        title = f"{lm.model_id}: {lm.n_layers} layers × {lm.n_heads} heads, {n_tokens} tokens ({shown})"
-        return render.model_view_figure(thumbnails, lm.heads_per_kv_head, title)
+        span = f"tokens {_span(window)} of {n_tokens:,}" if len(window) < n_tokens else f"{n_tokens:,} tokens"
+        title = f"{lm.model_id}: {lm.n_layers} layers × {lm.n_heads} heads, {span} ({shown})"
+        figure, layout = render.model_view_figure(thumbnails, lm.heads_per_kv_head, title)
+        return figure, layout, window
 
     # -- head-type scores, ablation lab, generation stepper (issue 3) -------------------------------------------------
     _probe_scores = ProbeScoreCache()  # probe-based scores depend on the model only: computed once per model
@@ -277,6 +322,14 @@ class HeadsService(HeadsAPI, Service):
         require_causal(lm)
         retrieval = self._probe_scores.get(lm)["scores"]["retrieval"]
         return ablation_report(lm, text, heads, mode, retrieval)
+
+    _needles = NeedleCache()  # long needle-in-a-haystack reports: computed once per model (minutes on a CPU)
+
+    def heads_needles(self, model: str = "") -> dict:
+        lm = self.model(model)
+        require_causal(lm)
+        razor = self._probe_scores.get(lm)["razor"]["retrieval_kv_heads"]
+        return self._needles.get(lm, razor, NeedleSetup())
 
     def heads_generate(self, model: str = "", text: str = "", n_tokens: int = 12) -> dict:
         return generate_with_attention(self.model(model), clean_text(text), int(n_tokens))
@@ -313,7 +366,35 @@ def kv_groups(lm: LanguageModel) -> list[list[int]]:
     return [list(range(kv * lm.heads_per_kv_head, (kv + 1) * lm.heads_per_kv_head)) for kv in range(lm.n_kv_heads)]
 
 
-def _meta(lm: LanguageModel, view: str, layer: int | None, head: int | None) -> dict:
+def token_window(n_tokens: int, start: int, end: int, key_start: int = -1, key_end: int = -1) -> tuple[range, range]:
+    """The query and key ranges of a zoom window, checked: ``end`` 0 is the end of the text, a key bound of -1 is
+    the same as the query bound."""
+    start, end, key_start, key_end = int(start), int(end), int(key_start), int(key_end)
+    rows = range(start, end or n_tokens)
+    key_stop = rows.stop if key_end == -1 else key_end or n_tokens
+    columns = range(rows.start if key_start == -1 else key_start, key_stop)
+    for name, span in (("query", rows), ("key", columns)):
+        if not 0 <= span.start < span.stop <= n_tokens:
+            raise ServiceError(
+                f"the {name} window {span.start}–{span.stop} is not inside the text's {n_tokens:,} tokens "
+                f"(give 0 ≤ start < end ≤ {n_tokens:,}; 0, 0 for the whole text)"
+            )
+    return rows, columns
+
+
+def token_labels(tokens: list[str], span: range, block: int) -> list[str]:
+    """One label per row or column: ``position token`` for single tokens, ``first–last`` for pooled blocks."""
+    if block == 1:
+        return [f"{index} {render.display_token(tokens[index])}" for index in span]
+    starts = span[::block]
+    return [f"{first}–{min(first + block, span.stop) - 1}" for first in starts]
+
+
+def _span(window: range) -> str:
+    return f"{window.start:,}–{window.stop - 1:,}"
+
+
+def _meta(lm: LanguageModel, view: str, layer: int | None, head: int | None, rows: range, columns: range) -> dict:
     parts = {"head": f"L{layer}H{head}", "mean": f"L{layer}-mean", "rollout": "rollout"}
     return {
         "model": lm.model_id,
@@ -321,6 +402,10 @@ def _meta(lm: LanguageModel, view: str, layer: int | None, head: int | None) -> 
         "layer": layer,
         "head": head,
         "kv_head": None if head is None else lm.kv_group(head),
+        "query_start": rows.start,
+        "query_end": rows.stop,
+        "key_start": columns.start,
+        "key_end": columns.stop,
         "name": f"{_file_stem(lm)}-{parts[view]}",
     }
 
