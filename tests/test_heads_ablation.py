@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from backends.core.heads import parse_heads
 from backends.core.service import ServiceError
 from backends.heads.ablation import (
     ablation,
     ablation_report,
     mean_outputs,
     next_token_logits,
-    parse_heads,
 )
 from backends.heads.attention import CaptureLayers, run_with_attention, tokenize
 from backends.heads.generation import generate_with_attention

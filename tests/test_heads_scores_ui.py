@@ -56,7 +56,8 @@ def test_grid_clicks_map_back_to_heads():
     assert cell_at(2, 2, 30, 9) is None, "the label margin is not a head"
     assert toggle_head("1.2, 3.4", 3, 4) == "1.2"
     assert toggle_head("1.2", 3, 4) == "1.2, 3.4"
-    assert parse_selection("1.2, 3.*; x 5.6") == {(1, 2), (5, 6)}
+    assert parse_selection("1.2, 3.*", (6, 4)) == {(1, 2), (3, 0), (3, 1), (3, 2), (3, 3)}
+    assert parse_selection("1.2, x 5.6", (6, 4)) == set()  # malformed while typing: nothing marked yet
     assert ranked(values, 2) == [[1, "29.8", 298], [2, "29.7", 297]]
 
 

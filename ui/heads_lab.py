@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
+from backends.core.heads import parse_heads
+from backends.core.service import ServiceError
 from ui.common import call_backend, model_choices, queue_settings
 
 #: the scores of ``heads_scores`` (API contract) with their labels, in display order
@@ -99,7 +101,7 @@ def grid_view(caption: str, value: Image.Image | None = None) -> gr.Image:
 
 def selection_image(chosen: str, shape: tuple[int, int]) -> Image.Image:
     """The ablation grid: every head of a ``shape`` = (layers, heads) model, the chosen ones bright and outlined."""
-    marked = parse_selection(chosen)
+    marked = parse_selection(chosen, shape)
     n_layers, n_heads = shape
     values = [[1.0 if (layer, head) in marked else 0.45 for head in range(n_heads)] for layer in range(n_layers)]
     return grid_image(values, marked, value_range=(0.0, 1.0), legend=False)
@@ -111,14 +113,13 @@ def cell_at(x: float, y: float, n_layers: int, n_heads: int) -> tuple[int, int] 
     return (layer, head) if 0 <= layer < n_layers and 0 <= head < n_heads and x >= LEFT and y >= TOP else None
 
 
-def parse_selection(spec: str) -> set[tuple[int, int]]:
-    """The ``layer.head`` items of a head list (``layer.*`` and malformed items are skipped: the backend checks)."""
-    found = set()
-    for item in spec.replace(",", " ").replace(";", " ").split():
-        layer, _, head = item.partition(".")
-        if layer.isdigit() and head.isdigit():
-            found.add((int(layer), int(head)))
-    return found
+def parse_selection(spec: str, shape: tuple[int, int]) -> set[tuple[int, int]]:
+    """The heads a head list names in a ``shape`` = (layers, heads) model; none while the list is malformed
+    (the backend's answer says what is wrong)."""
+    try:
+        return {tuple(head) for head in parse_heads(spec, *shape)}
+    except ServiceError:
+        return set()
 
 
 def toggle_head(spec: str, layer: int, head: int) -> str:
@@ -261,7 +262,7 @@ def _scores_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Textbo
             return None, [], "", "", None, None
         values = score_values(found, key, input_source)
         return (
-            grid_image(values, parse_selection(chosen)),
+            grid_image(values, parse_selection(chosen, (len(values), len(values[0])))),
             ranked(values),
             score_explanation(found, key, input_source),
             razor_markdown(found),

@@ -14,11 +14,10 @@ The ablation travels with each model call as that call's plan; the model itself 
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch.nn.functional import cross_entropy
 
+from backends.core.heads import parse_heads
 from backends.core.service import ServiceError
 from backends.heads.attention import tokenize
 from backends.heads.generation import greedy_steps
@@ -30,29 +29,6 @@ GENERATED_TOKENS = 20
 TOP_TOKENS = 5
 #: AttentionInfluence masks the top retrieval heads; Wu et al. find about 5 % of heads are retrieval heads
 INFLUENCE_HEAD_SHARE = 0.05
-_HEAD = re.compile(r"^L?(\d+)(?:[.:]H?|H)(\d+|\*)$", re.IGNORECASE)
-
-
-def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """``"3.4, 17.*  L18H6"`` → sorted unique (layer, head) pairs; ``layer.*`` is every head of that layer."""
-    found = set()
-    for item in re.split(r"[\s,;]+", (spec or "").strip()):
-        if not item:
-            continue
-        match = _HEAD.match(item)
-        if match is None:
-            raise ServiceError(f"{item!r} is not a head: write layer.head (e.g. 3.4) or layer.* for a whole layer")
-        layer = int(match.group(1))
-        if layer >= n_layers:
-            raise ServiceError(f"layer {layer} does not exist: the model has layers 0–{n_layers - 1}")
-        if match.group(2) == "*":
-            found.update((layer, head) for head in range(n_heads))
-            continue
-        head = int(match.group(2))
-        if head >= n_heads:
-            raise ServiceError(f"head {head} does not exist: each layer has heads 0–{n_heads - 1}")
-        found.add((layer, head))
-    return sorted(found)
 
 
 def require_causal(lm: LanguageModel) -> None:
@@ -105,7 +81,7 @@ def ablation_report(
     """The ``heads_ablate`` JSON: KL at the last token, loss, top tokens and greedy text before and after, and the
     AttentionInfluence number of the text given the per-head ``retrieval`` scores ``[layers, heads]``."""
     require_causal(lm)
-    heads = parse_heads(heads_spec, lm.n_layers, lm.n_heads)
+    heads = parse_heads(heads_spec, lm.n_layers, lm.n_heads, f"{lm.model_id} attention")
     tokenized = tokenize(lm, text)
     input_ids = tokenized.input_ids.to(lm.device)
     if input_ids.numel() < 2:

@@ -13,7 +13,6 @@ import base64
 import io
 import threading
 import time
-import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from backends.core.service import Service, ServiceError
+from backends.core.text import check_text
 from backends.heads import bertviz_view, render
 from backends.heads.ablation import ablation_report, require_causal
 from backends.heads.api import HeadsAPI
@@ -42,7 +42,6 @@ from backends.heads.models import EMBEDDED_MODELS, SMOLLM2, LanguageModel, load_
 from backends.heads.needles import NeedleCache, NeedleSetup
 from backends.heads.scores import ProbeScoreCache, TextScores, head_scores
 
-MAX_CONTROL_SHARE = 0.05  # more control characters than this and the input is not text
 MAP_VIEWS = ("head", "mean", "rollout")
 MAX_CACHED_WINDOWS = 8  # zoom windows kept per analysed text
 FIGURES = ("model", *MAP_VIEWS)
@@ -118,7 +117,7 @@ class HeadsService(HeadsAPI, Service):
     def heads_model_view(
         self, model: str = "", text: str = "", hide_first_token: int = 0, start: int = 0, end: int = 0
     ) -> tuple[Image.Image, dict]:
-        figure, layout, window = self._model_view_figure(model, text, bool(hide_first_token), int(start), int(end))
+        figure, layout, window = self._model_view_figure(model, text, flag("hide_first_token", hide_first_token), int(start), int(end))
         return render.figure_png(figure), {**layout.as_dict(), "window": [window.start, window.stop]}
 
     def heads_map(
@@ -135,7 +134,7 @@ class HeadsService(HeadsAPI, Service):
         key_end: int = -1,
     ) -> Image.Image:
         attention_map = self._attention_map(model, text, view, int(layer), int(head), (start, end, key_start, key_end))
-        return render.figure_png(self._map_figure(model, text, attention_map, bool(hide_first_token)))
+        return render.figure_png(self._map_figure(model, text, attention_map, flag("hide_first_token", hide_first_token)))
 
     def heads_export(
         self,
@@ -156,7 +155,7 @@ class HeadsService(HeadsAPI, Service):
             raise ServiceError(f"unknown figure {figure!r}; use one of {FIGURES}")
         if fmt not in EXPORT_FORMATS:
             raise ServiceError(f"unknown export format {fmt!r}; use one of {tuple(EXPORT_FORMATS)}")
-        hide = bool(hide_first_token)
+        hide = flag("hide_first_token", hide_first_token)
         if figure == "model":
             if fmt in ("json", "csv"):
                 raise ServiceError("JSON/CSV export is for one map (a head, the mean, the rollout), not the model view")
@@ -335,20 +334,16 @@ class HeadsService(HeadsAPI, Service):
         return generate_with_attention(self.model(model), clean_text(text), int(n_tokens))
 
 
+def flag(name: str, value: int) -> bool:
+    """A 0/1 switch, or a :class:`ServiceError` for any other value."""
+    if value not in (0, 1):
+        raise ServiceError(f"{name} must be 0 or 1, not {value!r}")
+    return bool(value)
+
+
 def clean_text(text: str) -> str:
     """The text to analyse, or a :class:`ServiceError` for empty input or input that is not text."""
-    if not isinstance(text, str):
-        raise ServiceError(f"the input must be text, not {type(text).__name__}")
-    stripped = text.strip()
-    if not stripped:
-        raise ServiceError("enter some text to analyse (the input is empty)")
-    control = sum(1 for char in stripped if unicodedata.category(char)[0] == "C" and char not in "\n\r\t")
-    if control > MAX_CONTROL_SHARE * len(stripped):
-        raise ServiceError(
-            f"the input does not look like text ({control} of its {len(stripped)} characters are control or binary "
-            "characters); paste plain text"
-        )
-    return stripped
+    return check_text(text, "text to analyse")
 
 
 def truncation_notice(lm: LanguageModel, tokenized: Tokenized) -> str:
