@@ -117,7 +117,8 @@ class HeadsService(HeadsAPI, Service):
     def heads_model_view(
         self, model: str = "", text: str = "", hide_first_token: int = 0, start: int = 0, end: int = 0
     ) -> tuple[Image.Image, dict]:
-        figure, layout, window = self._model_view_figure(model, text, flag("hide_first_token", hide_first_token), int(start), int(end))
+        hide = flag("hide_first_token", hide_first_token)
+        figure, layout, window = self._model_view_figure(model, text, hide, int(start), int(end))
         return render.figure_png(figure), {**layout.as_dict(), "window": [window.start, window.stop]}
 
     def heads_map(
@@ -134,7 +135,8 @@ class HeadsService(HeadsAPI, Service):
         key_end: int = -1,
     ) -> Image.Image:
         attention_map = self._attention_map(model, text, view, int(layer), int(head), (start, end, key_start, key_end))
-        return render.figure_png(self._map_figure(model, text, attention_map, flag("hide_first_token", hide_first_token)))
+        hide = flag("hide_first_token", hide_first_token)
+        return render.figure_png(self._map_figure(model, text, attention_map, hide))
 
     def heads_export(
         self,
