@@ -143,10 +143,10 @@ class RestorationService(RestorationAPI, Service):
         prepared = prepare_image(image)
         if reference is None:
             return prepared, None, prepared.notes
-        clean = prepare_image(reference, "reference image")
-        if reference.size != image.size:
+        if isinstance(reference, Image.Image) and reference.size != image.size:  # before decoding a large one
             raise ServiceError(f"The reference ({reference.size[0]}×{reference.size[1]}) must have the same size as "
                                f"the image ({image.size[0]}×{image.size[1]}).")
+        clean = prepare_image(reference, "reference image")
         return prepared, clean.pixels, prepared.notes + clean.notes
 
     def _region(self, prepared: PreparedImage, original_size: tuple[int, int], region: str,
