@@ -85,7 +85,7 @@ def test_readme_snippet_runs_verbatim(app_url: str, index: int, tmp_path: Path, 
     with contextlib.redirect_stdout(printed):
         exec(snippet.replace("http://127.0.0.1:7860/", app_url + "/"), {})  # noqa: S102
     output = printed.getvalue()
-    assert output.strip()
+    assert output.strip() or "Client(" not in snippet
     if "AppError" in snippet:
         assert "layer 99" in output and "0" in output
 

@@ -98,8 +98,11 @@ ACCEPTED = {
                                                  ("guidance_search", "steps"), ("guidance_effect_grid", "steps"))},
     **{(name, "seed"): {"-5", "0", "10**9"} for name in ("guidance_sample", "guidance_effect_grid")},  # any integer
     ("guidance_head_effects", "tasks"): {"empty", "blank"},  # every objective
-    **{(name, "expression"): {"empty", "blank", "200k chars", "bad json", "huge numbers"}
-       for name in ("segment", "segment_view")},
+    # an empty head list is no head (nothing ablated or perturbed)
+    **{(name, field): {"empty", "blank"} for name, field in (("heads_ablate", "heads"), ("guidance_sample", "heads"),
+                                                             ("guidance_sample", "heads_off"))},
+    # the baselines give no clicks or box, so an empty expression leaves nothing to segment
+    **{(name, "expression"): {"200k chars", "bad json", "huge numbers"} for name in ("segment", "segment_view")},
     ("segment_attention", "expression"): {"200k chars", "bad json", "huge numbers"},
     **{(name, field): OPTIONAL_JSON for name in ("segment", "segment_view", "segment_attention")
        for field in ("points", "box")},

@@ -91,4 +91,4 @@ def test_heads_tab_in_chromium(page):
     assert page.get_by_text("KV head").first.is_visible()
     text.fill("")
     page.get_by_role("button", name="Analyze").click()
-    page.get_by_text("the input is empty").first.wait_for(timeout=30_000)
+    page.get_by_text("it is empty").first.wait_for(timeout=30_000)

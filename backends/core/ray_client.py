@@ -12,7 +12,8 @@ routed to a replica that already holds that model. Neither torch nor Ray is impo
 
 Wire format over HTTP (JSON): ``POST /<panel>`` with ``{"endpoint": name, "args": [...]}`` answers
 ``{"results": [...]}`` or, for bad input, status 400 with ``{"error": message}``; ``GET /<panel>`` answers the
-endpoints (parameter names, result kinds) and the default model. Images travel as ``{"png": base64}``.
+endpoints (parameter names, defaults of the optional ones, result kinds) and the default model; trailing optional
+arguments may be left out. Images travel as ``{"png": base64}``.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ class RayClient:
         spec = service["endpoints"].get(endpoint)
         if spec is None:
             raise ServiceError(f"the {self.panel} panel has no endpoint {endpoint!r}")
-        if len(args) != len(spec["params"]):
-            raise ServiceError(f"{endpoint} takes {len(spec['params'])} arguments, got {len(args)}")
+        params, defaults = spec["params"], spec["defaults"]
+        if len(args) > len(params) or any(name not in defaults for name in params[len(args):]):
+            raise ServiceError(f"{endpoint} takes {len(params)} arguments ({', '.join(params)}), got {len(args)}")
+        args = (*args, *(defaults[name] for name in params[len(args):]))
         model_id = model_argument(spec, args, service["default_model"])
         if self.transport == "handle":
             return self._send_by_handle(endpoint, args, model_id)

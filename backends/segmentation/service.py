@@ -19,6 +19,7 @@ from backends.core.cache import LRUCache
 from backends.core.images import MAX_SIDE as MAX_SIDE  # the panel's limit, re-exported
 from backends.core.images import prepare_image, to_pil
 from backends.core.service import Service, ServiceError
+from backends.core.text import check_text
 from backends.segmentation.api import SegmentationAPI
 from backends.segmentation.embedded import ASSETS, EMBEDDED_ID, EmbeddedSegmenter
 from backends.segmentation.export import encode_rle, mask_image, overlay
@@ -81,7 +82,7 @@ class SegmentationService(SegmentationAPI, Service):
         prepared, (width, height) = to_pil(pixels), image.size
         clicks, click_notes = parse_points(points or "", width, height)
         given_box = parse_box(box or "", width, height)
-        expression = (expression or "").strip()
+        expression = check_text(expression, "expression", required=False)
         if not expression and not clicks and given_box is None:
             raise ServiceError("Type an expression (e.g. 'the red bag'), click a point or give a box.")
         if scale != 1.0:

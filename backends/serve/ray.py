@@ -48,7 +48,8 @@ class PanelDeployment:
         self.spec = {
             "default_model": self.service.default_model,
             "endpoints": {
-                ep.name: {"params": [param.name for param in ep.params], "returns": list(ep.returns)}
+                ep.name: {"params": [param.name for param in ep.params], "returns": list(ep.returns),
+                          "defaults": {param.name: param.default for param in ep.params if not param.required}}
                 for ep in self.service.endpoints()
             },
         }
