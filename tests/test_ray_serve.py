@@ -90,7 +90,7 @@ def test_results_images_and_health(echo: RayDeployment, transport: str):
         (("echo_text", "no-such-model", "a", 1), "^unknown model 'no-such-model'$"),
         (("mirror", None, ""), "^Please give an image.$"),
         (("divide", "", 1.0, 0.0), r"^internal error in divide \(ZeroDivisionError\); the server log has the details$"),
-        (("echo_text", "", "a"), "^echo_text takes 3 arguments, got 2$"),
+        (("echo_text", "", "a", 2, 9), r"^echo_text takes 3 arguments \(model, text, times\), got 4$"),
         (("no_such_endpoint",), "^the echo panel has no endpoint 'no_such_endpoint'$"),
     ],
 )
