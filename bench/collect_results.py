@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = (
-    "frontend", "heads", "heads_context", "heads_needles", "heads_scores", "guidance", "guidance_quality", "guidance_atlas", "segmentation",
-    "segmentation_prompts", "restoration", "load", "ray",
+    "frontend", "heads", "heads_context", "heads_needles", "heads_scores", "guidance", "guidance_quality",
+    "guidance_atlas", "segmentation", "segmentation_prompts", "restoration", "load", "ray",
 )
 HEADER = """# HeadLab benchmarks
 
