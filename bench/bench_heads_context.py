@@ -157,7 +157,7 @@ def main() -> None:
     print(json.dumps(baseline), flush=True)
     rows = bench_lengths(args.lengths, args.repeats)
     report = [
-        f"# Heads at full context ({platform.processor() or platform.machine()}, {args.threads} thread(s), "
+        f"## Heads at full context ({platform.processor() or platform.machine()}, {args.threads} thread(s), "
         f"load average {os.getloadavg()[0]:.1f} at the end)",
         "",
         "| tokens | bare SDPA forward (s) | heads_analyze (s) | ratio (target ≤ 2 at 8k) |",

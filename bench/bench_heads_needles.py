@@ -32,7 +32,7 @@ def main() -> None:
     report = needle_report(lm, probe_scores(lm)["razor"]["retrieval_kv_heads"], NeedleSetup())
     retrieval = torch.tensor(report["retrieval"])
     lines = [
-        f"# Needle-in-a-haystack retrieval heads, SmolLM2-135M ({report['seconds']} s, {args.threads} thread(s))",
+        f"## Needle-in-a-haystack retrieval heads, SmolLM2-135M ({report['seconds']} s, {args.threads} thread(s))",
         "",
         "Needle map (rows = depth, columns = haystack length; ✓ = the answer holds the passkey):",
         "",
