@@ -196,14 +196,8 @@ class PerturbationBlindProcessor:
     def __init__(self, processor: Callable):
         self.processor = processor
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        perturbation: Perturbation | None = None,
-    ) -> torch.Tensor:
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, perturbation: Perturbation | None = None) -> torch.Tensor:
         """The wrapped processor's attention."""
         return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask)
 

@@ -48,19 +48,9 @@ class HeadsAPI(PanelAPI):
         ...
 
     @endpoint(image="image")
-    def heads_map(
-        self,
-        model: str = "",
-        text: str = "",
-        view: str = "head",
-        layer: int = 0,
-        head: int = 0,
-        hide_first_token: int = 0,
-        start: int = 0,
-        end: int = 0,
-        key_start: int = -1,
-        key_end: int = -1,
-    ) -> Image.Image:
+    def heads_map(self, model: str = "", text: str = "", view: str = "head", layer: int = 0, head: int = 0,
+                  hide_first_token: int = 0, start: int = 0, end: int = 0, key_start: int = -1,
+                  key_end: int = -1) -> Image.Image:
         """A heatmap with token labels: one head of ``layer``, the mean over its heads, or the attention rollout.
 
         Maps longer than 256 tokens a side are pooled into blocks of whole tokens (each block's mean weight,
@@ -84,20 +74,9 @@ class HeadsAPI(PanelAPI):
         ...
 
     @endpoint(export="json")
-    def heads_export(
-        self,
-        model: str = "",
-        text: str = "",
-        figure: str = "head",
-        fmt: str = "png",
-        layer: int = 0,
-        head: int = 0,
-        hide_first_token: int = 0,
-        start: int = 0,
-        end: int = 0,
-        key_start: int = -1,
-        key_end: int = -1,
-    ) -> dict:
+    def heads_export(self, model: str = "", text: str = "", figure: str = "head", fmt: str = "png", layer: int = 0,
+                     head: int = 0, hide_first_token: int = 0, start: int = 0, end: int = 0, key_start: int = -1,
+                     key_end: int = -1) -> dict:
         """A figure as PNG or SVG, or a map's matrix with its row and column labels as JSON or CSV.
 
         Args:

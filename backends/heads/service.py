@@ -121,37 +121,16 @@ class HeadsService(HeadsAPI, Service):
         figure, layout, window = self._model_view_figure(model, text, hide, int(start), int(end))
         return render.figure_png(figure), {**layout.as_dict(), "window": [window.start, window.stop]}
 
-    def heads_map(
-        self,
-        model: str = "",
-        text: str = "",
-        view: str = "head",
-        layer: int = 0,
-        head: int = 0,
-        hide_first_token: int = 0,
-        start: int = 0,
-        end: int = 0,
-        key_start: int = -1,
-        key_end: int = -1,
-    ) -> Image.Image:
+    def heads_map(self, model: str = "", text: str = "", view: str = "head", layer: int = 0, head: int = 0,
+                  hide_first_token: int = 0, start: int = 0, end: int = 0, key_start: int = -1,
+                  key_end: int = -1) -> Image.Image:
         attention_map = self._attention_map(model, text, view, int(layer), int(head), (start, end, key_start, key_end))
         hide = flag("hide_first_token", hide_first_token)
         return render.figure_png(self._map_figure(model, text, attention_map, hide))
 
-    def heads_export(
-        self,
-        model: str = "",
-        text: str = "",
-        figure: str = "head",
-        fmt: str = "png",
-        layer: int = 0,
-        head: int = 0,
-        hide_first_token: int = 0,
-        start: int = 0,
-        end: int = 0,
-        key_start: int = -1,
-        key_end: int = -1,
-    ) -> dict:
+    def heads_export(self, model: str = "", text: str = "", figure: str = "head", fmt: str = "png", layer: int = 0,
+                     head: int = 0, hide_first_token: int = 0, start: int = 0, end: int = 0, key_start: int = -1,
+                     key_end: int = -1) -> dict:
         fmt = (fmt or "").lower()
         if figure not in FIGURES:
             raise ServiceError(f"unknown figure {figure!r}; use one of {FIGURES}")
