@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -185,7 +186,9 @@ def test_bad_input_gives_a_clear_error(client, args, message):
 def test_remote_transport_matches_in_process(client, remote):
     local = client.call("heads_analyze", "minilm", TEXT)
     answer = remote.call("heads_analyze", "minilm", TEXT)
-    assert answer["tokens"] == local["tokens"] and answer["stats"] == local["stats"]
+    assert answer["tokens"] == local["tokens"] and set(answer["stats"]) == set(local["stats"])
+    for name, grid in local["stats"].items():  # another process may sum in another order: equal to the 4 decimals
+        np.testing.assert_allclose(answer["stats"][name], grid, atol=2e-4, err_msg=name)
     image, layout = remote.call("heads_model_view", "minilm", TEXT, 0, 0, 0)
     assert isinstance(image, Image.Image) and layout["rows_are"] == "head"
     assert isinstance(remote.call("heads_map", "minilm", TEXT, "rollout", 0, 0, 0, 0, 0, -1, -1), Image.Image)
