@@ -309,6 +309,9 @@ def read_head_set(record: Any, layout: dict) -> tuple[list[str], float]:
     return [f"{layer}.{head}" for layer, head in heads], float(strength)
 
 
+SNIPPET_IMPORTS = "import json\n\nimport torch\n"  # the snippet's, run where the model is (this module has no torch)
+
+
 def apply_snippet(record: dict) -> str:
     """Python that applies a saved head set with HeadLab's SoftPAG processors (the README snippet)."""
     if record["model"] == "fashion-dit":
@@ -322,10 +325,7 @@ def apply_snippet(record: dict) -> str:
                 f'model = model_for_pipeline(pipeline, {record["model"]!r}, "cuda", torch.float16)  '
                 '# installs the SoftPAG processors\n'
                 'condition = "a photo of a red fox in the snow"')
-    return f"""import json
-
-import torch
-
+    return f"""{SNIPPET_IMPORTS}
 from backends.core.heads import parse_heads
 from backends.guidance.sampler import guided_sample
 from backends.guidance.softpag import strengths_for
