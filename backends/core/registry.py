@@ -20,16 +20,17 @@ SERVICES = {
 }
 
 
-def _load(path: str) -> type:
+def load_class(path: str) -> type:
+    """The class at ``module:Class``."""
     module_name, class_name = path.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
 def api_class(panel: str) -> type[PanelAPI]:
     """The API class of ``panel`` (its endpoint specs, no ML imports); raises KeyError for an unknown panel."""
-    return _load(APIS[panel])
+    return load_class(APIS[panel])
 
 
 def service_class(panel: str) -> type[PanelAPI]:
     """The service class of ``panel`` (imports its models' libraries); raises KeyError for an unknown panel."""
-    return _load(SERVICES[panel])
+    return load_class(SERVICES[panel])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import threading
@@ -30,21 +29,15 @@ from starlette.responses import JSONResponse
 
 from backends.core.config import ROOT, AppConfig, RayDeployment, load_config
 from backends.core.ray_client import decode, encode
-from backends.core.registry import SERVICES
+from backends.core.registry import SERVICES, load_class
 from backends.core.service import Service, ServiceError
-
-
-def import_service(path: str) -> type[Service]:
-    """The service class at ``module:Class``."""
-    module_name, class_name = path.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
 
 
 class PanelDeployment:
     """One replica of a panel: its service, reachable by ``DeploymentHandle`` (``call``) and over HTTP."""
 
     def __init__(self, service_path: str):
-        self.service = import_service(service_path)()
+        self.service = load_class(service_path)()
         self.spec = {
             "default_model": self.service.default_model,
             "endpoints": {
