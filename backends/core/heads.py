@@ -18,7 +18,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,9 @@ _ITEM = re.compile(r"^(?:l?(\d+)(?:[.:]h?|h)(\d+|\*)|l(\d+))$")
 _SEPARATORS = re.compile(r"[\s,;]+")
 SYNTAX = "write layer.head (18.6 or L18H6), layer.* or L18 for a whole layer, all, or none"
 
-Grid = list[list[float]]
+Grid = list[list[float | None]]
+#: how many heads each task's ``top`` list of an atlas names
+TOP_K = 5
 
 
 class Head(NamedTuple):
@@ -47,23 +49,56 @@ class Head(NamedTuple):
 
 @dataclass(frozen=True)
 class HeadStack:
-    """A named attention stack (e.g. "DiT self-attention") of ``layers`` layers × ``heads`` heads."""
+    """A named attention stack (e.g. "DiT self-attention") of ``layers`` layers × ``heads`` heads.
+
+    Stacks whose layers differ in width (a U-Net's levels) give ``heads_per_layer``; ``heads`` is then the widest
+    layer and the heads a layer lacks do not exist (their cells in layers×heads grids are None). ``layer_names``
+    optionally says what each layer is.
+    """
 
     name: str
     layers: int
     heads: int
+    heads_per_layer: tuple[int, ...] = ()
+    layer_names: tuple[str, ...] = ()
+
+    def width(self, layer: int) -> int:
+        """How many heads ``layer`` has."""
+        return self.heads_per_layer[layer] if self.heads_per_layer else self.heads
 
     def all_heads(self) -> list[Head]:
         """Every head, layer by layer."""
-        return [Head(layer, head) for layer in range(self.layers) for head in range(self.heads)]
+        return [Head(layer, head) for layer in range(self.layers) for head in range(self.width(layer))]
 
     def parse(self, spec: str) -> list[Head]:
         """:func:`parse_heads` on this stack."""
-        return parse_heads(spec, self.layers, self.heads, self.name)
+        found = parse_heads(spec, self.layers, self.heads, self.name)
+        if self.heads_per_layer:
+            spec_text = (spec or "").strip().lower()
+            missing = [head for head in found if head.head >= self.width(head.layer)]
+            whole_layers = spec_text == "all" or all(
+                _ITEM.match(item).group(2) in (None, "*") for item in filter(None, _SEPARATORS.split(spec_text))
+            )
+            if missing and not whole_layers:
+                head = missing[0]
+                raise ServiceError(f"heads: head {head} does not exist; layer {head.layer} of the {self.name} has "
+                                   f"heads 0–{self.width(head.layer) - 1}")
+            found = [head for head in found if head.head < self.width(head.layer)]
+        return found
+
+    def grid(self, values: Mapping[Head, float]) -> Grid:
+        """A layers×heads grid of ``values`` (0.0 for heads not given, None for heads the stack lacks)."""
+        return [[values.get(Head(layer, head), 0.0) if head < self.width(layer) else None
+                 for head in range(self.heads)] for layer in range(self.layers)]
 
     def describe(self) -> dict:
-        """JSON: ``stack`` (its name), ``layers``, ``heads``."""
-        return {"stack": self.name, "layers": self.layers, "heads": self.heads}
+        """JSON: ``stack`` (its name), ``layers``, ``heads`` (and ``heads_per_layer``, ``layer_names`` if set)."""
+        described: dict = {"stack": self.name, "layers": self.layers, "heads": self.heads}
+        if self.heads_per_layer:
+            described["heads_per_layer"] = list(self.heads_per_layer)
+        if self.layer_names:
+            described["layer_names"] = list(self.layer_names)
+        return described
 
 
 def parse_heads(spec: str, layers: int, heads: int, stack: str = "model") -> list[Head]:
@@ -113,11 +148,15 @@ def task_specificity(effects: Mapping[str, Sequence[Sequence[float]]]) -> Grid:
     layers, heads = len(grids[0]), len(grids[0][0])
     if len(grids) < 2:
         return [[0.0] * heads for _ in range(layers)]
-    scales = [max((abs(value) for row in grid for value in row), default=0.0) or 1.0 for grid in grids]
+    scales = [max((abs(value) for row in grid for value in row if value is not None), default=0.0) or 1.0
+              for grid in grids]
     result = []
     for layer in range(layers):
         row = []
         for head in range(heads):
+            if grids[0][layer][head] is None:
+                row.append(None)
+                continue
             weights = [abs(grid[layer][head]) / scale for grid, scale in zip(grids, scales, strict=True)]
             total = sum(weights)
             if total <= 0:
@@ -129,11 +168,72 @@ def task_specificity(effects: Mapping[str, Sequence[Sequence[float]]]) -> Grid:
     return result
 
 
-def top_heads(grid: Sequence[Sequence[float]], k: int = 5) -> list[str]:
-    """The ``k`` heads with the largest values of ``grid`` [layers][heads], largest first, as ``"L.H"``."""
-    cells = [(value, Head(layer, head)) for layer, row in enumerate(grid) for head, value in enumerate(row)]
+def top_heads(grid: Sequence[Sequence[float | None]], k: int = 5) -> list[str]:
+    """The ``k`` heads with the largest values of ``grid`` [layers][heads], largest first, as ``"L.H"`` (None cells
+    are heads the stack lacks)."""
+    cells = [(value, Head(layer, head)) for layer, row in enumerate(grid) for head, value in enumerate(row)
+             if value is not None]
     cells.sort(key=lambda cell: (-cell[0], cell[1]))
     return [str(head) for _, head in cells[:k]]
+
+
+def atlas_result(
+    model: str, stack: HeadStack, metric: Mapping[str, str], baseline: Mapping[str, float],
+    off_scores: Mapping[str, Sequence[float]], probe: dict, version: int, seconds: float,
+    lower_is_better: Iterable[str] = (),
+) -> dict:
+    """The head-atlas JSON every panel returns, from each task's score with each head of ``stack`` off.
+
+    ``off_scores[task]`` lists the task's score with one head off, for the heads of ``stack.all_heads()`` in order;
+    ``effects[task]`` is that score − ``baseline[task]`` as a layers×heads grid (None where the stack has no head),
+    ``relative`` the same in % of the baseline. ``better`` says per task whether higher or lower scores are better
+    (tasks in ``lower_is_better``, e.g. a loss, are better lower).
+    """
+    heads, lower = stack.all_heads(), set(lower_is_better)
+    effects, relative = {}, {}
+    for task, scores in off_scores.items():
+        base = float(baseline[task])
+        change = {head: round(float(score) - base, 5) for head, score in zip(heads, scores, strict=True)}
+        effects[task] = stack.grid(change)
+        relative[task] = stack.grid({head: round(100.0 * value / max(abs(base), 1e-8), 3)
+                                     for head, value in change.items()})
+    return {
+        "model": model, **stack.describe(), "tasks": list(off_scores), "metric": dict(metric),
+        "better": {task: "lower" if task in lower else "higher" for task in off_scores},
+        "baseline": {task: round(float(baseline[task]), 5) for task in off_scores}, "effects": effects,
+        "relative": relative, "probe": probe, "version": version, "seconds": round(seconds, 2),
+    }
+
+
+def harm(atlas: dict, task: str) -> Grid:
+    """How much removing each head hurts ``task`` (its effect, signed so that larger = worse for the task)."""
+    sign = 1.0 if atlas.get("better", {}).get(task) == "lower" else -1.0
+    return [[None if value is None else sign * value for value in row] for row in atlas["effects"][task]]
+
+
+def select_tasks(atlas: dict, tasks: Sequence[str]) -> dict:
+    """The atlas restricted to ``tasks``, with their task specificity and each task's top heads (most harmed)."""
+    tasks = list(tasks)
+    effects = {name: atlas["effects"][name] for name in tasks}
+    return {
+        **atlas, "tasks": tasks, "metric": {name: atlas["metric"][name] for name in tasks},
+        "better": {name: atlas.get("better", {}).get(name, "higher") for name in tasks},
+        "baseline": {name: atlas["baseline"][name] for name in tasks}, "effects": effects,
+        "relative": {name: atlas["relative"][name] for name in tasks},
+        "specificity": task_specificity(effects),
+        "top": {name: top_heads(harm(atlas, name), TOP_K) for name in tasks},
+    }
+
+
+def choose_tasks(spec: str, available: Sequence[str], model: str) -> list[str]:
+    """The tasks a comma-separated ``spec`` names ("" = all of ``available``), without repeats; a
+    :class:`ServiceError` names the unknown ones."""
+    chosen = [name.strip() for name in (spec or "").split(",") if name.strip()] or list(available)
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise ServiceError(f"tasks: {', '.join(map(repr, unknown))} not available for {model}; choose from "
+                           f"{', '.join(available)}")
+    return list(dict.fromkeys(chosen))
 
 
 def effects_cache_dir() -> Path:
@@ -145,11 +245,27 @@ class EffectsCache:
     """Head-effect results of one panel, kept in memory and as JSON files on disk, keyed by model and fingerprint.
 
     The fingerprint says what the result depends on (weights, probe set, code version): a changed fingerprint misses.
+    ``shipped`` is a folder of atlases that ship with the app (``<key>.json``), read when the cache has none.
     """
 
-    def __init__(self, panel: str):
+    def __init__(self, panel: str, shipped: Path | None = None):
         self.panel = panel
+        self.shipped = shipped
         self._memory: dict[str, dict] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def get_or_compute(self, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        """(the result for ``key``, whether it was cached); computes it once (other callers wait and share it)."""
+        with self._locks_lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            result = self.get(key)
+            if result is not None:
+                return result, True
+            result = compute()
+            self.put(key, result)
+            return result, False
 
     def _path(self, key: str) -> Path:
         return effects_cache_dir() / self.panel / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.json"
@@ -158,12 +274,17 @@ class EffectsCache:
         """The cached result for ``key`` (memory first, then disk), or None."""
         if key in self._memory:
             return self._memory[key]
-        try:
-            result = json.loads(self._path(key).read_text())
-        except (OSError, ValueError):
-            return None
-        self._memory[key] = result
-        return result
+        paths = [self._path(key)]
+        if self.shipped is not None:
+            paths.append(self.shipped / self._path(key).name)
+        for path in paths:
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            self._memory[key] = result
+            return result
+        return None
 
     def put(self, key: str, result: dict) -> None:
         """Keep ``result`` in memory and write it to disk atomically (a failed write only loses the disk copy)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backends.core.heads import Head, task_specificity, top_heads
+from backends.core.heads import Head, atlas_result
 from backends.guidance.adapters import GuidedModel
 from backends.guidance.objectives import UNITS, group_scores, objectives_for
 from backends.guidance.sampler import guided_sample
@@ -35,7 +35,6 @@ PROBE_PROMPT = "a photo of a red fox in the snow"
 PROBE_PROMPT_SEEDS = 4
 #: most samples in one batched sampler run
 MAX_BATCH = 160
-TOP_K = 5
 #: progress(done, total, message); may raise to cancel
 ProgressFn = Callable[[float, float, str], None]
 
@@ -99,33 +98,12 @@ def compute_head_effects(model: GuidedModel, progress: ProgressFn | None = None)
     start = time.perf_counter()
     probe = probe_for(model)
     objectives = objectives_for(model)
-    heads = model.stack.all_heads()
-    scores = score_heads_off(model, [[], *[[head] for head in heads]], probe, objectives, progress)
-    baseline, effects, relative = {}, {}, {}
-    for name in objectives:
-        base, off = float(scores[name][0]), scores[name][1:]
-        change = (off - base).reshape(model.layers, model.heads)
-        baseline[name] = round(base, 5)
-        effects[name] = np.round(change, 5).tolist()
-        relative[name] = np.round(100.0 * change / max(abs(base), 1e-8), 3).tolist()
-    return {
-        "model": model.name, **model.stack.describe(), "tasks": objectives,
-        "metric": {name: UNITS[name] for name in objectives}, "baseline": baseline, "effects": effects,
-        "relative": relative, "probe": probe.describe(), "version": ATLAS_VERSION,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-
-
-def select_tasks(atlas: dict, tasks: list[str]) -> dict:
-    """The atlas restricted to ``tasks``, with their task specificity and each task's top heads (largest drops)."""
-    effects = {name: atlas["effects"][name] for name in tasks}
-    return {
-        **atlas, "tasks": tasks, "metric": {name: atlas["metric"][name] for name in tasks},
-        "baseline": {name: atlas["baseline"][name] for name in tasks}, "effects": effects,
-        "relative": {name: atlas["relative"][name] for name in tasks},
-        "specificity": task_specificity(effects),
-        "top": {name: top_heads([[-value for value in row] for row in grid], TOP_K) for name, grid in effects.items()},
-    }
+    scores = score_heads_off(model, [[], *[[head] for head in model.stack.all_heads()]], probe, objectives, progress)
+    return atlas_result(
+        model.name, model.stack, {name: UNITS[name] for name in objectives},
+        {name: float(scores[name][0]) for name in objectives}, {name: scores[name][1:] for name in objectives},
+        probe.describe(), ATLAS_VERSION, time.perf_counter() - start,
+    )
 
 
 def effect_grid_images(model: GuidedModel, condition: str, seed: int, steps: int) -> torch.Tensor:

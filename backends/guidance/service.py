@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from backends.core.heads import EffectsCache, format_heads
+from backends.core.heads import EffectsCache, choose_tasks, format_heads, select_tasks
 from backends.core.service import Service, ServiceError
 from backends.core.text import check_text
 from backends.guidance.adapters import ASSETS, EMBEDDED_MODEL, HUB_MODELS, GuidedModel, load_guided_model
@@ -34,7 +34,6 @@ from backends.guidance.atlas import (
     compute_head_effects,
     effect_grid_images,
     probe_for,
-    select_tasks,
 )
 from backends.guidance.headhunter import SearchSettings, head_hunter
 from backends.guidance.objectives import OBJECTIVES, objectives_for, per_sample
@@ -112,7 +111,6 @@ class GuidanceService(GuidanceAPI, Service):
         self._job_ids = itertools.count()
         self._jobs_lock = threading.Lock()  # guards the job table only; calls themselves run concurrently
         self._effects = EffectsCache(self.panel)
-        self._atlas_locks: dict[str, threading.Lock] = {}
 
     def load_model(self, model_id: str) -> GuidedModel:
         """The embedded DiT or a hub pipeline, with SoftPAG processors installed."""
@@ -214,27 +212,19 @@ class GuidanceService(GuidanceAPI, Service):
 
     def guidance_head_effects(self, model: str = "", tasks: str = "") -> dict:
         guided = self.model(model)
-        available = objectives_for(guided)
-        chosen = [name.strip() for name in tasks.split(",") if name.strip()] or available
-        unknown = [name for name in chosen if name not in available]
-        if unknown:
-            raise ServiceError(f"tasks: {', '.join(map(repr, unknown))} not available for {guided.name}; choose "
-                               f"from {', '.join(available)}")
+        chosen = choose_tasks(tasks, objectives_for(guided), guided.name)
         probe = probe_for(guided)
+
+        def compute() -> dict:
+            try:
+                with self._job("guidance_head_effects", 1 + guided.layers * guided.heads) as job:
+                    return compute_head_effects(guided, self._reporter(job))
+            except CancelledError as error:
+                raise ServiceError("The head atlas was cancelled.") from error
+
         key = f"{guided.fingerprint()}-v{ATLAS_VERSION}-{len(probe.seeds)}x{probe.steps}"
-        with self._jobs_lock:
-            lock = self._atlas_locks.setdefault(key, threading.Lock())
-        with lock:  # one computation per model; other callers wait for it and read the cache
-            atlas, cached = self._effects.get(key), True
-            if atlas is None:
-                cached = False
-                try:
-                    with self._job("guidance_head_effects", 1 + guided.layers * guided.heads) as job:
-                        atlas = compute_head_effects(guided, self._reporter(job))
-                except CancelledError as error:
-                    raise ServiceError("The head atlas was cancelled.") from error
-                self._effects.put(key, atlas)
-        return {**select_tasks(atlas, list(dict.fromkeys(chosen))), "cached": cached}
+        atlas, cached = self._effects.get_or_compute(key, compute)
+        return {**select_tasks(atlas, chosen), "cached": cached}
 
     def guidance_effect_grid(self, model: str = "", label: str = "Sneaker", seed: int = 0, steps: int = 20) -> tuple:
         check_range("steps", steps)
