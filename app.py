@@ -15,6 +15,7 @@ from backends.core.client import make_client
 from backends.core.config import AppConfig, load_config
 from backends.core.registry import api_class
 from backends.serve.api import add_api_endpoints
+from ui import atlas as atlas_tab
 from ui.common import backend_status, queue_settings
 
 TAB_LABELS = {
@@ -33,7 +34,7 @@ Every panel runs offline on an embedded model; hub models load when the hub is r
 
 
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
-    """The HeadLab Gradio app: one tab per panel, and the API routes of every panel as the only public API.
+    """The HeadLab Gradio app: one tab per panel, the Atlas tab, and every panel's API routes as the only public API.
 
     The routes are added first, so each keeps its endpoint's own name; every UI event is private.
     """
@@ -45,11 +46,13 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         for name, panel in config.panels.items():
             route_ids |= add_api_endpoints(clients[name].call, api_class(name).endpoints(), **queue_settings(panel))
         gr.Markdown(INTRO)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for name, panel in config.panels.items():
                 with gr.Tab(TAB_LABELS[name], id=name):
                     statuses.append(gr.Markdown())
                     importlib.import_module(f"ui.{name}").build(clients[name], panel)
+            with gr.Tab("Atlas", id="atlas"):
+                atlas_tab.build(clients, tabs)
 
         def refresh_statuses() -> list[str]:
             return [backend_status(client) for client in clients.values()]

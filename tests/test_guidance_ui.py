@@ -12,7 +12,7 @@ from backends.core.client import LocalClient
 from backends.core.config import PanelConfig
 from backends.core.service import ServiceError
 from backends.guidance.service import GuidanceService
-from ui import guidance
+from ui import atlas_view, guidance
 
 CONFIG = PanelConfig("guidance", models=("fashion-dit",))
 
@@ -69,42 +69,6 @@ def test_the_readme_snippet_applies_the_head_set(tmp_path, monkeypatch):
     assert tuple(namespace["images"].shape) == (4, 1, 28, 28)
     assert "DiffusionPipeline.from_pretrained('facebook/DiT-XL-2-256'" in guidance.apply_snippet(
         {"model": "facebook/DiT-XL-2-256", "heads": "1.2", "u": 1.0})
-
-
-ATLAS = {
-    "layers": 2, "heads": 3, "tasks": ["confidence", "sharpness"],
-    "effects": {"confidence": [[-0.2, 0.0, 0.01], [0.0, 0.0, 0.0]], "sharpness": [[0.0, 0.0, 0.0], [0.0, 0.03, 0.0]]},
-    "relative": {"confidence": [[-20.0, 0.0, 1.0], [0.0, 0.0, 0.0]], "sharpness": [[0.0, 0.0, 0.0], [0.0, 15.0, 0.0]]},
-    "specificity": [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], "top": {"confidence": ["0.0"], "sharpness": ["0.0"]},
-    "probe": {"samples": 20, "steps": 8}, "seconds": 40.0,
-}
-
-
-def test_atlas_small_multiples_share_one_scale_and_map_clicks_to_cells():
-    image = guidance.atlas_image(ATLAS)
-    grid_w = guidance.LABEL_W + 3 * guidance.CELL_W
-    assert image.size == (2 * grid_w + guidance.GAP, guidance.TITLE_H + 2 * guidance.CELL_H + guidance.LEGEND_H)
-
-    def centre(task_index: int, layer: int, head: int) -> tuple[float, float]:
-        return (task_index * (grid_w + guidance.GAP) + guidance.LABEL_W + (head + 0.5) * guidance.CELL_W,
-                guidance.TITLE_H + (layer + 0.5) * guidance.CELL_H)
-
-    strongest_drop = image.getpixel(tuple(map(int, centre(0, 0, 0))))
-    strongest_rise = image.getpixel(tuple(map(int, centre(1, 1, 1))))
-    neutral = image.getpixel(tuple(map(int, centre(1, 0, 0))))
-    assert strongest_drop[0] > strongest_drop[2] and strongest_rise[2] > strongest_rise[0]  # red drop, blue rise
-    assert strongest_rise[2] < 255 and abs(neutral[0] - neutral[2]) < 20  # +15 % is paler than the ±20 % ends
-    assert guidance.atlas_cell(ATLAS, *centre(0, 1, 2)) == ("confidence", "1.2")
-    assert guidance.atlas_cell(ATLAS, *centre(1, 0, 1)) == ("sharpness", "0.1")
-    assert guidance.atlas_cell(ATLAS, 2, 2) is None  # title / label area
-    assert guidance.atlas_cell(ATLAS, grid_w + 2, guidance.TITLE_H + 3) is None  # the gap between grids
-    assert guidance.atlas_cell(ATLAS, 5, guidance.TITLE_H + 3 * guidance.CELL_H) is None  # legend
-
-
-def test_specific_heads_are_listed_with_the_task_they_matter_for():
-    text = guidance.specific_heads_markdown(ATLAS)
-    assert "| 0.0 | 1.00 | confidence | -0.2000 (-20.0 %) |" in text
-    assert "| 1.1 | 1.00 | sharpness | +0.0300 (+15.0 %) |" in text
 
 
 def test_score_table_pairs_baseline_and_guided_per_seed():
@@ -182,15 +146,15 @@ def test_guidance_head_atlas_in_chromium(page):
     page.get_by_role("tab", name="Guidance").click()
     page.locator("#guidance-heads").get_by_text("2.1", exact=True).wait_for(timeout=120_000)
     page.get_by_text("Which heads matter here? The head atlas").click()
-    page.get_by_role("button", name=re.compile("Compute the head atlas")).click()
+    page.locator("#guidance-atlas-compute").click()
     atlas = page.locator("#guidance-atlas-grid img")
     atlas.wait_for(timeout=600_000)  # computed once (about a minute on a free CPU), then cached
     expect(page.locator("#guidance-atlas-specific")).to_contain_text("Most task-specific heads")
     box = atlas.bounding_box()
     width = page.evaluate("() => document.querySelector('#guidance-atlas-grid img').naturalWidth")
     scale = box["width"] / width
-    x = (guidance.LABEL_W + 2.5 * guidance.CELL_W) * scale  # first grid (confidence), layer 3, head 2
-    y = (guidance.TITLE_H + 3.5 * guidance.CELL_H) * scale
+    x = (atlas_view.LABEL_W + 2.5 * atlas_view.CELL_W) * scale  # first grid (confidence), layer 3, head 2
+    y = (atlas_view.TITLE_H + 3.5 * atlas_view.CELL_H) * scale
     atlas.click(position={"x": x, "y": y})
     expect(page.locator("#guidance-atlas-clicked")).to_contain_text("Head 3.2", timeout=180_000)
     assert page.locator("#guidance-before img").count() == 1 and page.locator("#guidance-after img").count() == 1

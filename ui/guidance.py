@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
-from matplotlib import colormaps
-from PIL import Image, ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
 from backends.core.heads import parse_heads
 from backends.core.service import ServiceError
+from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
 INTRO = """### Perturb single attention heads of a diffusion transformer
@@ -68,10 +66,6 @@ DEFAULT_CLASS, DEFAULT_PROMPT = "Sneaker", "a photo of a red fox in the snow"
 POLL_SECONDS = 0.25
 #: the default that tells Gradio to hand a handler its progress tracker
 PROGRESS = gr.Progress()
-#: atlas small multiples: cell size, room for labels, gap between grids, legend height
-CELL_W, CELL_H, LABEL_W, TITLE_H, GAP, LEGEND_H = 30, 22, 18, 30, 16, 44
-ATLAS_CMAP = colormaps["RdBu"]
-SPECIFIC_HEADS = 8
 
 
 def build(client: Client, config: PanelConfig) -> None:
@@ -126,16 +120,9 @@ def build(client: Client, config: PanelConfig) -> None:
         found = gr.Textbox(label="Found heads", interactive=False)
         search_result = gr.JSON(label="Search details")
     with gr.Accordion("Which heads matter here? The head atlas", open=False, elem_id="guidance-atlas"):
-        gr.Markdown(ATLAS_TEXT)
-        with gr.Row():
-            compute_atlas = gr.Button("Compute the head atlas (about a minute the first time, then cached)",
-                                      variant="primary")
-            show_effect_grid = gr.Button("One sample per head off (same seed)")
-        gr.Markdown("**Effect of switching one head off, per objective** (rows: layers, columns: heads; click a "
-                    "cell to switch that head off in your sample)")
-        atlas_view = gr.Image(show_label=False, type="pil", interactive=False, elem_id="guidance-atlas-grid")
-        specific = gr.Markdown(elem_id="guidance-atlas-specific")
-        clicked = gr.Markdown(elem_id="guidance-atlas-clicked")
+        atlas = atlas_section("guidance-atlas", "Each grid: how much one objective changes when one head alone is "
+                              "switched off (rows: layers, columns: heads).", ATLAS_TEXT)
+        show_effect_grid = gr.Button("One sample per head off (same seed)")
         with gr.Row():
             before_image = gr.Image(label="Your guided sample", type="pil", interactive=False,
                                     elem_id="guidance-before")
@@ -161,7 +148,7 @@ def build(client: Client, config: PanelConfig) -> None:
             _grid_style(layout["heads"]),
             _heads_origin(default),
             None, None, "",  # samples and scores of the previous model
-            None, None, "", "", None, None, None,  # its atlas, clicked head, before/after and effect grid
+                None, None, "", "", None, None, None,  # its atlas, clicked head, before/after and effect grid
         )
 
     def pick_preset(choice: str, layer: float, layout: dict) -> list[str]:
@@ -224,15 +211,14 @@ def build(client: Client, config: PanelConfig) -> None:
             return gr.skip(), gr.skip(), f"⚠️ **Not loaded:** {error}"
 
     def fetch_atlas(model_id: str, progress: gr.Progress = PROGRESS) -> tuple:
-        atlas = _with_progress(client, progress, "head atlas", "guidance_head_effects", model_id or "", "")
-        return atlas, atlas_image(atlas), specific_heads_markdown(atlas)
+        return show_atlas(_with_progress(client, progress, "head atlas", "guidance_head_effects", model_id or "", ""))
 
     def pick_cell(
-        atlas: dict | None, model_id: str, label_value: str, count: float, seed_value: float, step_count: float,
+        found_atlas: dict | None, model_id: str, label_value: str, count: float, seed_value: float, step_count: float,
         cfg: float, pag: float, selected: list[str], strength: float, event: gr.SelectData,
         progress: gr.Progress = PROGRESS,
     ) -> tuple:
-        cell = atlas_cell(atlas, *event.index) if atlas else None
+        cell = atlas_cell(found_atlas, *event.index) if found_atlas else None
         if cell is None:
             return gr.skip(), gr.skip(), gr.skip()
         task, head = cell
@@ -240,7 +226,7 @@ def build(client: Client, config: PanelConfig) -> None:
                   _spec(selected), float(strength))
         before, before_info = _with_progress(client, progress, "as set", "guidance_sample", *common, "")
         after, after_info = _with_progress(client, progress, f"{head} off", "guidance_sample", *common, head)
-        return before, after, clicked_markdown(atlas, task, head, before_info, after_info)
+        return before, after, clicked_markdown(found_atlas, task, head, before_info, after_info)
 
     def effect_grid_for(model_id: str, label_value: str, seed_value: float, step_count: float) -> Any:
         image, _ = call_backend(
@@ -249,8 +235,7 @@ def build(client: Client, config: PanelConfig) -> None:
         return image
 
     layout_state = gr.State({})
-    atlas_state = gr.State(None)
-    atlas_outputs = [atlas_state, atlas_view, specific, clicked, before_image, after_image, effect_grid]
+    atlas_outputs = [*atlas.outputs, before_image, after_image, effect_grid]
     layout_outputs = [layout_state, heads, label, preset_layer, objective, top_k, grid_style, heads_note,
                       baseline_image, guided_image, scores, *atlas_outputs]
     gr.on(None, load_layout, model, layout_outputs, **queue)  # on page load and whenever the model changes
@@ -259,7 +244,7 @@ def build(client: Client, config: PanelConfig) -> None:
     sample.click(run_both, sample_inputs, [baseline_image, guided_image, scores], **queue)
     for control in (label, n, seed, steps, cfg_scale, pag_scale, heads, u):  # results follow their inputs
         control.change(lambda: (None, None, "", None, None, ""), None,
-                       [baseline_image, guided_image, scores, before_image, after_image, clicked], queue=False)
+                       [baseline_image, guided_image, scores, before_image, after_image, atlas.clicked], queue=False)
     search.click(lambda: gr.Button(interactive=True), None, cancel, queue=False).then(
         run_search, [model, label, search_seeds, rounds, top_k, u, pag_scale, cfg_scale, steps, objective],
         [found, search_result], **queue,
@@ -268,8 +253,8 @@ def build(client: Client, config: PanelConfig) -> None:
     apply_found.click(apply_found_heads, [found, heads, layout_state], [heads, heads_note], queue=False)
     save_heads.click(save, [heads, u, model], [heads_file, snippet], queue=False)
     load_heads.upload(load, [load_heads, layout_state], [heads, u, heads_note], queue=False)
-    compute_atlas.click(fetch_atlas, model, [atlas_state, atlas_view, specific], **queue)
-    atlas_view.select(pick_cell, [atlas_state, *sample_inputs], [before_image, after_image, clicked], **queue)
+    atlas.compute.click(fetch_atlas, model, atlas.outputs, **queue)
+    atlas.image.select(pick_cell, [atlas.state, *sample_inputs], [before_image, after_image, atlas.clicked], **queue)
     show_effect_grid.click(effect_grid_for, [model, label, seed, steps], effect_grid, **queue)
     for control in (label, seed, steps):
         control.change(lambda: None, None, effect_grid, queue=False)
@@ -341,85 +326,12 @@ print(images.shape)  # [4, channels, height, width] in [-1, 1]
 
 
 # -- the head atlas ---------------------------------------------------------------------------------------------------
-def _atlas_geometry(atlas: dict) -> tuple[int, int, int]:
-    """(width of one grid incl. its layer labels, height of the grids incl. titles, total width)."""
-    grid_w = LABEL_W + atlas["heads"] * CELL_W
-    grid_h = TITLE_H + atlas["layers"] * CELL_H
-    return grid_w, grid_h, len(atlas["tasks"]) * (grid_w + GAP) - GAP
-
-
-def _atlas_range(atlas: dict) -> float:
-    """The shared colour scale's half-width: the largest |relative effect| of any task, in %."""
-    return max((abs(value) for grid in atlas["relative"].values() for row in grid for value in row), default=1.0) or 1.0
-
-
-def atlas_image(atlas: dict) -> Image.Image:
-    """Small multiples: one layers × heads grid per task, coloured by the relative effect on one shared scale
-    (red: the objective drops with the head off), with a colour-bar legend."""
-    grid_w, grid_h, width = _atlas_geometry(atlas)
-    limit = _atlas_range(atlas)
-    image = Image.new("RGB", (width, grid_h + LEGEND_H), "white")
-    draw = ImageDraw.Draw(image)
-    for index, task in enumerate(atlas["tasks"]):
-        left = index * (grid_w + GAP)
-        values = np.asarray(atlas["relative"][task], dtype=float)
-        colours = (ATLAS_CMAP(np.clip(0.5 + values / (2 * limit), 0, 1))[..., :3] * 255).astype(np.uint8)
-        cells = colours.repeat(CELL_H, axis=0).repeat(CELL_W, axis=1)
-        image.paste(Image.fromarray(cells), (left + LABEL_W, TITLE_H))
-        draw.text((left + LABEL_W, 2), task, fill="black")
-        for head in range(atlas["heads"]):
-            draw.text((left + LABEL_W + head * CELL_W + CELL_W // 2 - 3, TITLE_H - 12), str(head), fill="dimgray")
-        for layer in range(atlas["layers"]):
-            draw.text((left + 4, TITLE_H + layer * CELL_H + 3), str(layer), fill="dimgray")
-    bar_left, bar_w, bar_top = LABEL_W, min(width - 2 * LABEL_W, 360), grid_h + 8
-    ramp = (ATLAS_CMAP(np.linspace(0, 1, bar_w))[:, :3] * 255).astype(np.uint8)
-    image.paste(Image.fromarray(np.repeat(ramp[None], 10, axis=0)), (bar_left, bar_top))
-    draw.text((bar_left, bar_top + 13), f"-{limit:.1f} % (needs the head)", fill="black")
-    draw.text((bar_left + bar_w // 2 - 3, bar_top + 13), "0", fill="black")
-    draw.text((bar_left + bar_w - 40, bar_top + 13), f"+{limit:.1f} %", fill="black")
-    draw.text((bar_left + bar_w + 12, bar_top), "change of the objective with the head off, in %", fill="dimgray")
-    return image
-
-
-def atlas_cell(atlas: dict, x: float, y: float) -> tuple[str, str] | None:
-    """(task, "layer.head") under pixel (x, y) of :func:`atlas_image`, or None outside every cell."""
-    grid_w, _, _ = _atlas_geometry(atlas)
-    index, within = int(x // (grid_w + GAP)), x % (grid_w + GAP) - LABEL_W
-    layer, head = int((y - TITLE_H) // CELL_H), int(within // CELL_W)
-    if index >= len(atlas["tasks"]) or within < 0 or y < TITLE_H or not (0 <= layer < atlas["layers"]):
-        return None
-    if not 0 <= head < atlas["heads"]:
-        return None
-    return atlas["tasks"][index], f"{layer}.{head}"
-
-
-def specific_heads_markdown(atlas: dict) -> str:
-    """The most task-specific heads (with the task they matter for) and each task's top heads."""
-    cells = [(value, layer, head) for layer, row in enumerate(atlas["specificity"]) for head, value in enumerate(row)]
-    cells.sort(key=lambda cell: -cell[0])
-    lines = ["**Most task-specific heads**", "", "| head | specificity | matters most for | effect with it off |",
-             "|---|---|---|---|"]
-    largest = {task: max(abs(v) for row in grid for v in row) or 1.0 for task, grid in atlas["effects"].items()}
-    for value, layer, head in cells[:SPECIFIC_HEADS]:
-        task = max(atlas["tasks"], key=lambda name: abs(atlas["effects"][name][layer][head]) / largest[name])
-        effect, relative = atlas["effects"][task][layer][head], atlas["relative"][task][layer][head]
-        lines.append(f"| {layer}.{head} | {value:.2f} | {task} | {effect:+.4f} ({relative:+.1f} %) |")
-    lines += ["", "**Top heads per objective** (largest drop when switched off): "
-              + "; ".join(f"{task}: {', '.join(heads)}" for task, heads in atlas["top"].items()),
-              "", f"Probe: {atlas['probe']['samples']} samples, {atlas['probe']['steps']} steps · computed in "
-              f"{atlas['seconds']:.0f} s{' (cached)' if atlas.get('cached') else ''}."]
-    return "\n".join(lines)
-
-
 def clicked_markdown(atlas: dict, task: str, head: str, before: dict, after: dict) -> str:
     """What the atlas says about ``head`` and what switching it off did to the user's sample."""
-    layer, index = (int(part) for part in head.split("."))
     name = after["objective"]["name"]
     change = after["objective"]["mean"] - before["objective"]["mean"]
-    return (f"**Head {head}** — atlas: {task} {atlas['effects'][task][layer][index]:+.4f} "
-            f"({atlas['relative'][task][layer][index]:+.1f} %), specificity {atlas['specificity'][layer][index]:.2f}. "
-            f"On your sample, {name} {before['objective']['mean']:.4f} → {after['objective']['mean']:.4f} "
-            f"({change:+.4f}) with {head} off.")
+    return (f"{cell_summary(atlas, task, head)} On your sample, {name} {before['objective']['mean']:.4f} → "
+            f"{after['objective']['mean']:.4f} ({change:+.4f}) with {head} off.")
 
 
 def _with_progress(client: Client, progress: gr.Progress, stage: str, endpoint: str, *args: Any) -> Any:

@@ -17,6 +17,7 @@ from backends.core.client import Client
 from backends.core.config import PanelConfig
 from backends.core.heads import parse_heads
 from backends.core.service import ServiceError
+from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
 from ui.common import call_backend, model_choices, queue_settings
 
 #: the scores of ``heads_scores`` (API contract) with their labels, in display order
@@ -47,6 +48,9 @@ DEFAULT_TEXT = (
     "Alice met Bob at the station. Later, Alice gave Bob a small red book, and Bob thanked Alice for the book. "
     "The station was quiet; the train to the coast left at noon."
 )
+ATLAS_WHAT = ("Each grid: how much the loss on one task's target tokens rises when one head alone is mean-ablated, "
+              "on fixed probe texts — induction (copying a repeated run of random tokens), retrieval (a pass key "
+              "in filler), successor (days, months, numbers) and factual recall (capitals).")
 LAB_INTRO = """Which heads do what, and what breaks without them? **Scores** name head types on documented probe
 inputs (and on your text); the **ablation lab** switches chosen heads off; the **generation stepper** shows where
 every head looks while the model writes. Click a cell of any grid to pick that head."""
@@ -233,6 +237,8 @@ def build_heads_lab(
             _ablation_tab(client, queue, model, text, heads)
         with gr.Tab("Generation stepper"):
             _generation_tab(client, queue, model, text)
+        with gr.Tab("Which heads matter here?", elem_id="heads-atlas-tab"):
+            _atlas_tab(client, queue, model, text)
 
 
 def _scores_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Textbox, heads: gr.Textbox) -> None:
@@ -328,6 +334,33 @@ def _ablation_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Text
     for control in (heads, shape):
         control.change(selection_image, [heads, shape], selection)
     selection.select(pick, [heads, shape], heads)
+
+
+def _atlas_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Textbox) -> None:
+    atlas = atlas_section("heads-atlas", ATLAS_WHAT)
+    with gr.Row():
+        before = gr.Textbox(label="Greedy continuation of your text", interactive=False, elem_id="heads-atlas-before")
+        after = gr.Textbox(label="… with the clicked head off (mean-ablated)", interactive=False,
+                           elem_id="heads-atlas-after")
+
+    def fetch(model_id: str) -> tuple:
+        return show_atlas(call_backend(client, "heads_head_effects", model_id or "", ""))
+
+    def pick(found: dict | None, model_id: str, user_text: str, event: gr.SelectData) -> tuple:
+        cell = atlas_cell(found, *event.index) if found else None
+        if cell is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        task, head = cell
+        report = call_backend(client, "heads_ablate", model_id or "", user_text, head, "mean")
+        summary = (f"{cell_summary(found, task, head)} On your text, the loss goes {report['loss_before']:.4f} → "
+                   f"{report['loss_after']:.4f} nats/token and the next-token KL is {report['kl']:.5f} with {head} "
+                   "off.")
+        return report["generation_before"], report["generation_after"], summary
+
+    model.change(lambda: (None, None, "", "", "", ""), None, [*atlas.outputs, before, after], queue=False)
+    text.change(lambda: ("", "", ""), None, [before, after, atlas.clicked], queue=False)
+    atlas.compute.click(fetch, model, atlas.outputs, **queue)
+    atlas.image.select(pick, [atlas.state, model, text], [before, after, atlas.clicked], **queue)
 
 
 def _generation_tab(client: Client, queue: dict, model: gr.Dropdown, text: gr.Textbox) -> None:

@@ -110,7 +110,7 @@ class GuidanceService(GuidanceAPI, Service):
         self._jobs: dict[int, _Job] = {}
         self._job_ids = itertools.count()
         self._jobs_lock = threading.Lock()  # guards the job table only; calls themselves run concurrently
-        self._effects = EffectsCache(self.panel)
+        self.effects_cache = EffectsCache(self.panel, SHIPPED_HEAD_SET.parent / "head_effects")
 
     def load_model(self, model_id: str) -> GuidedModel:
         """The embedded DiT or a hub pipeline, with SoftPAG processors installed."""
@@ -223,7 +223,7 @@ class GuidanceService(GuidanceAPI, Service):
                 raise ServiceError("The head atlas was cancelled.") from error
 
         key = f"{guided.fingerprint()}-v{ATLAS_VERSION}-{len(probe.seeds)}x{probe.steps}"
-        atlas, cached = self._effects.get_or_compute(key, compute)
+        atlas, cached = self.effects_cache.get_or_compute(key, compute)
         return {**select_tasks(atlas, chosen), "cached": cached}
 
     def guidance_effect_grid(self, model: str = "", label: str = "Sneaker", seed: int = 0, steps: int = 20) -> tuple:

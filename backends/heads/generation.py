@@ -68,12 +68,15 @@ def greedy_steps(
             next_input = torch.tensor([[token_id]], device=lm.device)
 
 
-def generate_with_attention(lm: LanguageModel, text: str, n_tokens: int, top_k: int = 3) -> dict:
+def generate_with_attention(
+    lm: LanguageModel, text: str, n_tokens: int, top_k: int = 3, ablation: Ablation | None = None
+) -> dict:
     """Generate ``n_tokens`` greedily after ``text`` and, per step, each head's ``top_k`` attended positions.
 
     Returns ``tokens`` (the prompt's then the generated tokens, as text), ``n_prompt``, and ``steps``: for each
     generated token its ``position``, ``token``, and ``top_positions`` / ``top_weights`` as
     [layers][heads][top_k] lists (positions index ``tokens``; at step s the query is the token before the new one).
+    The heads of ``ablation`` are ablated for the prompt and every step.
     """
     if not 1 <= n_tokens <= 64:
         raise ServiceError("generate between 1 and 64 tokens")
@@ -81,7 +84,7 @@ def generate_with_attention(lm: LanguageModel, text: str, n_tokens: int, top_k: 
     input_ids = tokenized.input_ids[: max(1, lm.max_tokens - n_tokens)].tolist()
     tokens = tokenized.tokens[: len(input_ids)]
     steps = []
-    for step in greedy_steps(lm, input_ids, n_tokens, with_attention=True):
+    for step in greedy_steps(lm, input_ids, n_tokens, with_attention=True, ablation=ablation):
         weights, positions = step.attention.topk(min(top_k, step.attention.shape[-1]), dim=-1)
         steps.append(
             {

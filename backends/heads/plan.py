@@ -60,18 +60,31 @@ class AttentionChunk:
 
 @dataclass
 class Ablation:
-    """Heads whose output is removed: ``mode`` and, per layer, the head indices (and, for ``mean``, their means)."""
+    """Heads whose output is removed: ``mode`` and, per layer, the head indices (and, for ``mean``, their means).
+
+    ``per_row`` ablates different heads in each sequence of a batch instead: ``[B, layers, heads]`` booleans (True =
+    off in that row); ``heads`` then lists every head some row ablates, and mean mode needs the means of every head
+    of those layers (``layer → [heads, head_dim]``).
+    """
 
     mode: str
     heads: dict[int, list[int]]
     means: dict[int, torch.Tensor] = field(default_factory=dict)  # layer → [len(heads), head_dim]
     recording: bool = False  # mean mode: record the heads' mean outputs instead of replacing them
+    per_row: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ABLATION_MODES:
             raise ServiceError(f"unknown ablation mode {self.mode!r}; choose one of {', '.join(ABLATION_MODES)}")
         if self.mode == "mean" and not self.recording and set(self.means) != set(self.heads):
             raise ServiceError("mean ablation needs the heads' mean outputs; record them on the clean text first")
+
+    @classmethod
+    def rows(cls, mode: str, per_row: torch.Tensor, means: dict[int, torch.Tensor] | None = None) -> Ablation:
+        """Row ``b`` of a batch ablates the heads where ``per_row[b]`` ([layers, heads]) is True."""
+        layers = sorted(int(layer) for layer in per_row.any(dim=(0, 2)).nonzero().flatten())
+        heads = {layer: list(range(per_row.shape[2])) for layer in layers}
+        return cls(mode, heads, {layer: means[layer] for layer in layers} if means else {}, per_row=per_row.bool())
 
 
 @dataclass
@@ -149,9 +162,13 @@ def headlab_attention(
         raise ServiceError(f"{type(module).__name__} is not one of the model's attention layers")
     ablation = plan.ablation
     ablated_heads = ablation.heads.get(layer, []) if ablation else []
+    rows_off = ablation.per_row[:, layer].to(query.device) if ablated_heads and ablation.per_row is not None else None
     if ablated_heads and ablation.mode == "uniform":
         query = query.clone()
-        query[:, ablated_heads] = 0  # every score 0 → softmax is uniform over the visible positions
+        if rows_off is None:
+            query[:, ablated_heads] = 0  # every score 0 → softmax is uniform over the visible positions
+        else:
+            query = query.masked_fill(rows_off[:, :, None, None], 0)
     rows = plan.rows_wanted(layer, query.shape[2])
     if rows is None:
         output = _sdpa(query, key, value, mask, causal, scale)
@@ -166,6 +183,9 @@ def headlab_attention(
     if ablated_heads and ablation.mode in ("zero", "mean"):
         if ablation.recording:
             ablation.means[layer] = output[:, :, ablated_heads].float().mean(dim=(0, 1))
+        elif rows_off is not None:
+            replacement = 0 if ablation.mode == "zero" else ablation.means[layer].to(output.dtype)
+            output = torch.where(rows_off[:, None, :, None], replacement, output)
         else:
             output = output.clone()
             replacement = 0 if ablation.mode == "zero" else ablation.means[layer].to(output.dtype)

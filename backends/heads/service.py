@@ -10,21 +10,24 @@ that window, at full resolution up to 256 tokens a side; the rollout and bertviz
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from backends.core.heads import EffectsCache, Head, choose_tasks, format_heads, select_tasks
 from backends.core.service import Service, ServiceError
 from backends.core.text import check_text
 from backends.heads import bertviz_view, render
-from backends.heads.ablation import ablation_report, require_causal
+from backends.heads.ablation import ablation_report, mean_outputs, require_causal
 from backends.heads.api import HeadsAPI
 from backends.heads.attention import (
     MAP_BINS,
@@ -37,14 +40,17 @@ from backends.heads.attention import (
     thumbnail_size,
     tokenize,
 )
+from backends.heads.effects import ATLAS_VERSION, TASKS, compute_head_effects, head_stack
 from backends.heads.generation import generate_with_attention
 from backends.heads.models import EMBEDDED_MODELS, SMOLLM2, LanguageModel, load_language_model
 from backends.heads.needles import NeedleCache, NeedleSetup
+from backends.heads.plan import Ablation, by_layer
 from backends.heads.scores import ProbeScoreCache, TextScores, head_scores
 
 MAP_VIEWS = ("head", "mean", "rollout")
 MAX_CACHED_WINDOWS = 8  # zoom windows kept per analysed text
 FIGURES = ("model", *MAP_VIEWS)
+SHIPPED_ATLASES = Path(__file__).resolve().parents[2] / "assets" / "heads" / "head_effects"
 EXPORT_FORMATS = {"png": "image/png", "svg": "image/svg+xml", "json": "application/json", "csv": "text/csv"}
 
 
@@ -58,6 +64,8 @@ class Analysis:
     pooled: PooledMaps
     seconds: float
     text_scores: dict
+    heads_off: str = "none"  # the heads mean-ablated in every pass of this analysis
+    ablation: Ablation | None = None
     rollout: torch.Tensor | None = None  # computed on first request
     #: zoomed windows already computed: (rows, columns, layer or None) → their pooled maps
     windows: OrderedDict = field(default_factory=OrderedDict)
@@ -86,17 +94,19 @@ class HeadsService(HeadsAPI, Service):
         super().__init__(device)
         self._analyses: OrderedDict[tuple[str, str], Analysis] = OrderedDict()
         self._analysis_lock = threading.Lock()
+        self.effects_cache = EffectsCache(self.panel, SHIPPED_ATLASES)
 
     def load_model(self, model_id: str) -> LanguageModel:
         """SmolLM2, MiniLM or a hub model, with eager attention on this service's device."""
         return load_language_model(model_id, device=self.device, dtype=self.dtype)
 
     # -- endpoints ----------------------------------------------------------------------------------------------------
-    def heads_analyze(self, model: str = "", text: str = "") -> dict:
-        analysis = self._analysis(model, text)
+    def heads_analyze(self, model: str = "", text: str = "", heads_off: str = "") -> dict:
+        analysis = self._analysis(model, text, heads_off)
         lm, tokenized = analysis.lm, analysis.tokenized
         return {
             "model": lm.model_id,
+            "heads_off": analysis.heads_off,
             "tokens": tokenized.tokens,
             "n_tokens": len(tokenized.tokens),
             "n_input_tokens": tokenized.n_input_tokens,
@@ -115,36 +125,40 @@ class HeadsService(HeadsAPI, Service):
         }
 
     def heads_model_view(
-        self, model: str = "", text: str = "", hide_first_token: int = 0, start: int = 0, end: int = 0
+        self, model: str = "", text: str = "", hide_first_token: int = 0, start: int = 0, end: int = 0,
+        heads_off: str = "",
     ) -> tuple[Image.Image, dict]:
         hide = flag("hide_first_token", hide_first_token)
-        figure, layout, window = self._model_view_figure(model, text, hide, int(start), int(end))
+        figure, layout, window = self._model_view_figure(self._analysis(model, text, heads_off), hide, int(start),
+                                                         int(end))
         return render.figure_png(figure), {**layout.as_dict(), "window": [window.start, window.stop]}
 
     def heads_map(self, model: str = "", text: str = "", view: str = "head", layer: int = 0, head: int = 0,
                   hide_first_token: int = 0, start: int = 0, end: int = 0, key_start: int = -1,
-                  key_end: int = -1) -> Image.Image:
-        attention_map = self._attention_map(model, text, view, int(layer), int(head), (start, end, key_start, key_end))
+                  key_end: int = -1, heads_off: str = "") -> Image.Image:
         hide = flag("hide_first_token", hide_first_token)
-        return render.figure_png(self._map_figure(model, text, attention_map, hide))
+        analysis = self._analysis(model, text, heads_off)
+        attention_map = self._attention_map(analysis, view, int(layer), int(head), (start, end, key_start, key_end))
+        return render.figure_png(self._map_figure(analysis, attention_map, hide))
 
     def heads_export(self, model: str = "", text: str = "", figure: str = "head", fmt: str = "png", layer: int = 0,
                      head: int = 0, hide_first_token: int = 0, start: int = 0, end: int = 0, key_start: int = -1,
-                     key_end: int = -1) -> dict:
+                     key_end: int = -1, heads_off: str = "") -> dict:
         fmt = (fmt or "").lower()
         if figure not in FIGURES:
             raise ServiceError(f"unknown figure {figure!r}; use one of {FIGURES}")
         if fmt not in EXPORT_FORMATS:
             raise ServiceError(f"unknown export format {fmt!r}; use one of {tuple(EXPORT_FORMATS)}")
         hide = flag("hide_first_token", hide_first_token)
+        if figure == "model" and fmt in ("json", "csv"):
+            raise ServiceError("JSON/CSV export is for one map (a head, the mean, the rollout), not the model view")
+        analysis = self._analysis(model, text, heads_off)
         if figure == "model":
-            if fmt in ("json", "csv"):
-                raise ServiceError("JSON/CSV export is for one map (a head, the mean, the rollout), not the model view")
-            drawn, _, _ = self._model_view_figure(model, text, hide, int(start), int(end))
-            name = f"{_file_stem(self._analysis(model, text).lm)}-model-view"
+            drawn, _, _ = self._model_view_figure(analysis, hide, int(start), int(end))
+            name = f"{_file_stem(analysis.lm)}-model-view"
         else:
             window = (start, end, key_start, key_end)
-            attention_map = self._attention_map(model, text, figure, int(layer), int(head), window)
+            attention_map = self._attention_map(analysis, figure, int(layer), int(head), window)
             name = attention_map.meta["name"]
             if fmt in ("json", "csv"):
                 labelled = (attention_map.values, attention_map.rows, attention_map.columns)
@@ -152,15 +166,15 @@ class HeadsService(HeadsAPI, Service):
                     render.matrix_json(*labelled, attention_map.meta) if fmt == "json" else render.matrix_csv(*labelled)
                 )
                 return _export(f"{name}.{fmt}", fmt, content)
-            drawn = self._map_figure(model, text, attention_map, hide)
+            drawn = self._map_figure(analysis, attention_map, hide)
         if fmt == "svg":
             return _export(f"{name}.svg", fmt, render.figure_svg(drawn))
         buffer = io.BytesIO()
         render.figure_png(drawn).save(buffer, format="png", optimize=True)
         return _export(f"{name}.png", fmt, base64.b64encode(buffer.getvalue()).decode("ascii"), "base64")
 
-    def heads_bertviz(self, model: str = "", text: str = "", view: str = "head") -> dict:
-        analysis = self._analysis(model, text)
+    def heads_bertviz(self, model: str = "", text: str = "", view: str = "head", heads_off: str = "") -> dict:
+        analysis = self._analysis(model, text, heads_off)
         lm, tokens = analysis.lm, analysis.tokenized.tokens
         if not bertviz_view.fits_bertviz(lm.n_layers, lm.n_heads, len(tokens)):
             raise ServiceError(
@@ -179,10 +193,13 @@ class HeadsService(HeadsAPI, Service):
         }
 
     # -- analysis and its cache ---------------------------------------------------------------------------------------
-    def _analysis(self, model: str, text: str) -> Analysis:
+    def _analysis(self, model: str, text: str, heads_off: str = "") -> Analysis:
         text = clean_text(text)
         lm = self.model(model)
-        key = (lm.model_id, text)
+        switched_off = head_stack(lm).parse(heads_off)
+        if switched_off:
+            require_causal(lm)
+        key = (lm.model_id, text, format_heads(switched_off))
         with self._analysis_lock:
             if key in self._analyses:
                 self._analyses.move_to_end(key)
@@ -192,10 +209,13 @@ class HeadsService(HeadsAPI, Service):
         scores = TextScores(lm.n_layers, lm.n_heads)
         pooled = PooledMaps(lm.n_layers, lm.n_heads)
         tokenized = tokenize(lm, text)
-        run_with_attention(lm, tokenized.input_ids, [stats, pooled, scores])
+        ablation = mean_ablation(lm, tokenized.input_ids.to(lm.device), switched_off)
+        run_with_attention(lm, tokenized.input_ids, [stats, pooled, scores], ablation=ablation)
         analysis = Analysis(
             lm=lm,
             tokenized=tokenized,
+            heads_off=format_heads(switched_off),
+            ablation=ablation,
             stats=stats.result(),
             pooled=pooled,
             seconds=round(time.perf_counter() - start, 3),
@@ -218,7 +238,7 @@ class HeadsService(HeadsAPI, Service):
         lm = analysis.lm
         layers = None if layer is None else [layer]
         pooled = PooledMaps(lm.n_layers, lm.n_heads, rows=rows, columns=columns, layers=layers)
-        run_with_attention(lm, analysis.tokenized.input_ids, [pooled])
+        run_with_attention(lm, analysis.tokenized.input_ids, [pooled], ablation=analysis.ablation)
         with self._analysis_lock:
             analysis.windows[key] = pooled
             _trim(analysis.windows, MAX_CACHED_WINDOWS)
@@ -227,14 +247,13 @@ class HeadsService(HeadsAPI, Service):
     def _rollout(self, analysis: Analysis) -> torch.Tensor:
         if analysis.rollout is None:
             rollout = Rollout()
-            run_with_attention(analysis.lm, analysis.tokenized.input_ids, [rollout])
+            run_with_attention(analysis.lm, analysis.tokenized.input_ids, [rollout], ablation=analysis.ablation)
             analysis.rollout = rollout.result()["rollout"]
         return analysis.rollout
 
     def _attention_map(
-        self, model: str, text: str, view: str, layer: int, head: int, window: tuple = (0, 0, -1, -1)
+        self, analysis: Analysis, view: str, layer: int, head: int, window: tuple = (0, 0, -1, -1)
     ) -> AttentionMap:
-        analysis = self._analysis(model, text)
         lm, tokens = analysis.lm, analysis.tokenized.tokens
         if view not in MAP_VIEWS:
             raise ServiceError(f"unknown view {view!r}; use one of {MAP_VIEWS}")
@@ -265,8 +284,7 @@ class HeadsService(HeadsAPI, Service):
         title = f"Layer {layer} · head {head}{group}{span}{pooled_note}"
         return AttentionMap(maps[head].numpy(), *labels, title, _meta(lm, "head", layer, head, rows, columns), causal)
 
-    def _map_figure(self, model: str, text: str, attention_map: AttentionMap, hide_first: bool) -> Figure:
-        analysis = self._analysis(model, text)
+    def _map_figure(self, analysis: Analysis, attention_map: AttentionMap, hide_first: bool) -> Figure:
         title = f"{analysis.lm.model_id} — {attention_map.title}"
         hide = hide_first and attention_map.meta["key_start"] == 0
         return render.heatmap_figure(
@@ -274,9 +292,8 @@ class HeadsService(HeadsAPI, Service):
         )
 
     def _model_view_figure(
-        self, model: str, text: str, hide_first: bool, start: int = 0, end: int = 0
+        self, analysis: Analysis, hide_first: bool, start: int = 0, end: int = 0
     ) -> tuple[Figure, render.ModelViewLayout, range]:
-        analysis = self._analysis(model, text)
         lm = analysis.lm
         window, _ = token_window(len(analysis.tokenized.tokens), start, end)
         pooled = self._window(analysis, window, window, None)
@@ -292,10 +309,11 @@ class HeadsService(HeadsAPI, Service):
     # -- head-type scores, ablation lab, generation stepper (issue 3) -------------------------------------------------
     _probe_scores = ProbeScoreCache()  # probe-based scores depend on the model only: computed once per model
 
-    def heads_scores(self, model: str = "", text: str = "") -> dict:
-        analysis = self._analysis(model, text)
+    def heads_scores(self, model: str = "", text: str = "", heads_off: str = "") -> dict:
+        analysis = self._analysis(model, text, heads_off)
         found = head_scores(analysis.lm, analysis.text_scores, self._probe_scores.get(analysis.lm))
-        return {**found, "tokens": analysis.tokenized.tokens, "truncated": analysis.tokenized.truncated}
+        return {**found, "tokens": analysis.tokenized.tokens, "truncated": analysis.tokenized.truncated,
+                "heads_off": analysis.heads_off}
 
     def heads_ablate(self, model: str = "", text: str = "", heads: str = "", mode: str = "uniform") -> dict:
         text, lm = clean_text(text), self.model(model)
@@ -311,8 +329,38 @@ class HeadsService(HeadsAPI, Service):
         razor = self._probe_scores.get(lm)["razor"]["retrieval_kv_heads"]
         return self._needles.get(lm, razor, NeedleSetup())
 
-    def heads_generate(self, model: str = "", text: str = "", n_tokens: int = 12) -> dict:
-        return generate_with_attention(self.model(model), clean_text(text), int(n_tokens))
+    def heads_head_effects(self, model: str = "", tasks: str = "") -> dict:
+        lm = self.model(model)
+        require_causal(lm)
+        chosen = choose_tasks(tasks, TASKS, lm.model_id)
+        key = f"{lm.model_id}-{weights_fingerprint(lm)}-v{ATLAS_VERSION}"
+        atlas, cached = self.effects_cache.get_or_compute(key, lambda: compute_head_effects(lm))
+        return {**select_tasks(atlas, chosen), "cached": cached}
+
+    def heads_generate(self, model: str = "", text: str = "", n_tokens: int = 12, heads_off: str = "") -> dict:
+        text, lm = clean_text(text), self.model(model)
+        switched_off = head_stack(lm).parse(heads_off)
+        if switched_off:
+            require_causal(lm)
+        tokenized = tokenize(lm, text)
+        ablation = mean_ablation(lm, tokenized.input_ids.to(lm.device), switched_off)
+        return {**generate_with_attention(lm, text, int(n_tokens), ablation=ablation),
+                "heads_off": format_heads(switched_off)}
+
+
+def mean_ablation(lm: LanguageModel, input_ids: torch.Tensor, heads: list[Head]) -> Ablation | None:
+    """Mean ablation of ``heads`` with their means over ``input_ids`` (None for no heads)."""
+    if not heads:
+        return None
+    return Ablation("mean", by_layer(heads), mean_outputs(lm, input_ids[: lm.max_tokens], heads))
+
+
+def weights_fingerprint(lm: LanguageModel) -> str:
+    """A short hash of the model's shape and a sample of its weights (a changed model misses its cached atlas)."""
+    digest = hashlib.sha256(f"{lm.n_layers}x{lm.n_heads}".encode())
+    for tensor in list(lm.model.state_dict().values())[:: max(1, len(lm.model.state_dict()) // 16)]:
+        digest.update(tensor.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def flag(name: str, value: int) -> bool:
