@@ -33,6 +33,7 @@ BASELINES = {
     "heads_scores": ("", TEXT),
     "heads_ablate": ("", TEXT, "0.1", "zero"),
     "heads_generate": ("", TEXT, 2),
+    "heads_head_effects": ("", ""),
     "heads_needles": ("",),
     "guidance_layout": ("",),
     "guidance_sample": ("", "Sneaker", 1, 0, 2, 1.0, 1.0, "1.0", 1.0),
@@ -86,6 +87,9 @@ FREE_TEXT = {"200k chars", "bad json", "huge numbers"}
 #: optional JSON prompts (clicks, a box): empty means none
 OPTIONAL_JSON = {"empty", "blank"}
 
+#: endpoints with a ``heads_off`` head list
+HEADS_OFF = [spec.name for panel in APIS for spec in api_class(panel).endpoints()
+             if any(param.name == "heads_off" for param in spec.params)]
 #: the odd values each parameter accepts; a parameter not listed accepts none of them, except that images accept
 #: CONVERTED_IMAGES and integers (indices, flags) accept 0
 ACCEPTED = {
@@ -97,10 +101,10 @@ ACCEPTED = {
                                                  ("guidance_search", "rounds"), ("guidance_search", "top_k"),
                                                  ("guidance_search", "steps"), ("guidance_effect_grid", "steps"))},
     **{(name, "seed"): {"-5", "0", "10**9"} for name in ("guidance_sample", "guidance_effect_grid")},  # any integer
-    ("guidance_head_effects", "tasks"): {"empty", "blank"},  # every objective
+    **{(name, "tasks"): {"empty", "blank"} for name in ("guidance_head_effects", "heads_head_effects")},  # all
     # an empty head list is no head (nothing ablated or perturbed)
-    **{(name, field): {"empty", "blank"} for name, field in (("heads_ablate", "heads"), ("guidance_sample", "heads"),
-                                                             ("guidance_sample", "heads_off"))},
+    **{(name, field): {"empty", "blank"} for name, field in (("heads_ablate", "heads"), ("guidance_sample", "heads"))},
+    **{(name, "heads_off"): {"empty", "blank"} for name in HEADS_OFF},
     # the baselines give no clicks or box, so an empty expression leaves nothing to segment
     **{(name, "expression"): {"200k chars", "bad json", "huge numbers"} for name in ("segment", "segment_view")},
     ("segment_attention", "expression"): {"200k chars", "bad json", "huge numbers"},
