@@ -18,6 +18,10 @@ CELL_W, CELL_H, LABEL_W, TITLE_H, GAP, LEGEND_H = 30, 22, 22, 30, 16, 44
 ATLAS_CMAP = colormaps["RdBu_r"]
 MISSING = (225, 225, 225)
 SPECIFIC_HEADS = 8
+#: a head counts as task-specific only if it moves some task by at least this share of that task's largest effect
+MIN_EFFECT_SHARE = 0.1
+#: the colour scale ends at this percentile of |relative effect| (larger effects saturate)
+SCALE_PERCENTILE = 99.0
 
 ABLATION_TEXT = """**What ablation measures.** Switching one head off and re-measuring the task tells how much the
 model, *as it is*, relies on that head for it. **Mean ablation** replaces the head's output by its average, so only what
@@ -46,9 +50,12 @@ def _geometry(atlas: dict) -> tuple[int, int, int]:
 
 
 def _colour_range(atlas: dict) -> float:
-    """The shared colour scale's half-width: the largest |relative effect| of any task, in %."""
+    """The shared colour scale's half-width in %: a high percentile of every task's |relative effect| (so one huge
+    effect does not wash out the rest)."""
     values = np.concatenate([np.abs(harm_relative(atlas, task)).ravel() for task in atlas["tasks"]])
-    return float(np.nanmax(values)) if values.size and np.isfinite(values).any() and np.nanmax(values) > 0 else 1.0
+    values = values[np.isfinite(values)]
+    limit = float(np.percentile(values, SCALE_PERCENTILE)) if values.size else 0.0
+    return limit if limit > 0 else 1.0
 
 
 def atlas_image(atlas: dict) -> Image.Image:
@@ -73,9 +80,9 @@ def atlas_image(atlas: dict) -> Image.Image:
     bar_left, bar_w, bar_top = LABEL_W, min(max(width, 420) - 2 * LABEL_W, 360), grid_h + 8
     ramp = (ATLAS_CMAP(np.linspace(0, 1, bar_w))[:, :3] * 255).astype(np.uint8)
     image.paste(Image.fromarray(np.repeat(ramp[None], 10, axis=0)), (bar_left, bar_top))
-    draw.text((bar_left, bar_top + 13), f"-{limit:.1f} %", fill="black")
+    draw.text((bar_left, bar_top + 13), f"≤ -{limit:.1f} %", fill="black")
     draw.text((bar_left + bar_w // 2 - 3, bar_top + 13), "0", fill="black")
-    draw.text((bar_left + bar_w - 110, bar_top + 13), f"+{limit:.1f} % (needs the head)", fill="black")
+    draw.text((bar_left + bar_w - 130, bar_top + 13), f"≥ +{limit:.1f} % (needs the head)", fill="black")
     draw.text((bar_left, bar_top + 27), "how much worse each task gets with the head off, in % of its score",
               fill="dimgray")
     return image
@@ -94,16 +101,18 @@ def atlas_cell(atlas: dict, x: float, y: float) -> tuple[str, str] | None:
 
 
 def most_specific(atlas: dict, count: int = SPECIFIC_HEADS) -> list[tuple[str, float, str]]:
-    """The ``count`` most task-specific heads: ("layer.head", specificity, the task it matters most for)."""
-    cells = [(value, layer, head) for layer, row in enumerate(atlas["specificity"]) for head, value in enumerate(row)
-             if value is not None]
-    cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
-    largest = {task: float(np.nanmax(np.abs(harm_relative(atlas, task)))) or 1.0 for task in atlas["tasks"]}
+    """The ``count`` most task-specific heads that matter (see :data:`MIN_EFFECT_SHARE`): ("layer.head",
+    specificity, the task it matters most for)."""
+    shares = {task: np.abs(np.nan_to_num(harm_relative(atlas, task))) for task in atlas["tasks"]}
+    shares = {task: grid / (grid.max() or 1.0) for task, grid in shares.items()}
     found = []
-    for value, layer, head in cells[:count]:
-        task = max(atlas["tasks"], key=lambda name: abs(harm_relative(atlas, name)[layer, head]) / largest[name])
-        found.append((f"{layer}.{head}", value, task))
-    return found
+    for layer, row in enumerate(atlas["specificity"]):
+        for head, value in enumerate(row):
+            task = max(atlas["tasks"], key=lambda name: shares[name][layer, head])
+            if value is not None and shares[task][layer, head] >= MIN_EFFECT_SHARE:
+                found.append((f"{layer}.{head}", value, task))
+    found.sort(key=lambda cell: -cell[1])
+    return found[:count]
 
 
 def specific_heads_markdown(atlas: dict) -> str:
