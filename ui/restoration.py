@@ -19,6 +19,7 @@ import gradio as gr
 from backends.core.client import Client
 from backends.core.config import PanelConfig
 from backends.core.service import ServiceError
+from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
 POLL_SECONDS = 0.5
@@ -85,6 +86,11 @@ def _examples() -> list[list[Any]]:
         return []
     return [[str(EXAMPLES_DIR / e["input"]), e["prompt"], str(EXAMPLES_DIR / e["reference"])]
             for e in json.loads(listing.read_text())]
+
+
+ATLAS_WHAT = ("Each grid: how much the PSNR of one degradation (noise, haze, rain) drops when one channel-attention "
+              "head of the restorer alone is zero-ablated, on fixed held-out crops (rows: the restorer's attention "
+              "layers from encoder to refinement, columns: heads; grey: a narrow layer has no such head).")
 
 
 def understanding_text(answer: dict) -> str:
@@ -196,6 +202,13 @@ def build(client: Client, config: PanelConfig) -> None:
                              format="png", elem_id="restoration-cbm3d")
             cbm3d_metrics = gr.Markdown(elem_id="restoration-cbm3d-metrics")
             details = gr.JSON(label="API answer", elem_id="restoration-details")
+    with gr.Accordion("Which heads matter here? The head atlas", open=False, elem_id="restoration-atlas"):
+        atlas = atlas_section("restoration-atlas", ATLAS_WHAT)
+        with gr.Row():
+            before = gr.Image(type="pil", label="Your restoration", interactive=False, format="png",
+                              elem_id="restoration-atlas-before")
+            after = gr.Image(type="pil", label="… with the clicked head off", interactive=False, format="png",
+                             elem_id="restoration-atlas-after")
     explanation("How it works", EXPLANATION)
 
     def understand(img, text, model_id) -> tuple:
@@ -247,3 +260,29 @@ def build(client: Client, config: PanelConfig) -> None:
     compare.click(run_cbm3d, [image, reference, region, region_mask], [cbm3d, cbm3d_metrics],
                   concurrency_id=f"{config.name}-cbm3d", concurrency_limit=1)
     cancel.click(cancel_cbm3d, None, None, queue=False)
+
+    def fetch_atlas(model_id: str) -> tuple:
+        return show_atlas(call_backend(client, "restoration_head_effects", model_id or "", ""))
+
+    def pick_cell(found: dict | None, img, text, model_id, ref, where, mask, event: gr.SelectData) -> tuple:
+        cell = atlas_cell(found, *event.index) if found else None
+        if cell is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        if img is None:
+            raise gr.Error("Upload an image or pick an example first: the head is switched off on your input.")
+        task, head = cell
+        args = (img, text or "", model_id or "", ref, where or "", mask)
+        restored_before, summary_before = call_backend(client, "restore", *args, "")
+        restored_after, summary_after = call_backend(client, "restore", *args, head)
+        scores = ""
+        if summary_before.get("psnr") is not None:
+            scores = (f" PSNR against your reference: {summary_before['psnr']:.2f} → {summary_after['psnr']:.2f} dB "
+                      f"with {head} off.")
+        return restored_before, restored_after, f"{cell_summary(found, task, head)}{scores}"
+
+    model.change(lambda: (None, None, "", "", None, None), None, [*atlas.outputs, before, after], queue=False)
+    for changed in (image.change, prompt.change, reference.change, region.change, region_mask.change):
+        changed(lambda: (None, None, ""), None, [before, after, atlas.clicked], queue=False, show_progress="hidden")
+    atlas.compute.click(fetch_atlas, model, atlas.outputs, **queue)
+    atlas.image.select(pick_cell, [atlas.state, image, prompt, model, reference, region, region_mask],
+                       [before, after, atlas.clicked], **queue)

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image, ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
+from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "segmentation" / "examples"
@@ -63,6 +65,11 @@ synthetic world (clothing items and simple shapes on photo/texture backgrounds),
 **Limits**: the embedded model sees a 128×128 letterboxed copy of the image; fine details are lost on large images.
 Huge images are downscaled to 2048 px; grayscale and transparent images are converted to RGB.
 """
+
+
+ATLAS_WHAT = ("Each grid: how much the mIoU of one query kind (colour, category, position, …) drops when one of the "
+              "fusion blocks' attention heads alone is zero-ablated, on fixed generated scenes (rows: the fusion "
+              "blocks' attention layers, columns: heads).")
 
 
 def _examples() -> list[list[Any]]:
@@ -159,6 +166,13 @@ def build(client: Client, config: PanelConfig) -> None:
         show = gr.Button("Show attention")
         heat = gr.Image(type="pil", label="words→objects attention", interactive=False)
         tokens = gr.Markdown()
+    with gr.Accordion("Which heads matter here? The head atlas", open=False, elem_id="segmentation-atlas"):
+        atlas = atlas_section("segmentation-atlas", ATLAS_WHAT)
+        with gr.Row():
+            before = gr.Image(type="pil", label="Your segmentation", interactive=False, format="png",
+                              elem_id="segmentation-atlas-before")
+            after = gr.Image(type="pil", label="… with the clicked head off", interactive=False, format="png",
+                             elem_id="segmentation-atlas-after")
     explanation("How it works", EXPLANATION)
 
     def segment(img, text, pts, bx, model_id, thr, cand) -> tuple:
@@ -224,3 +238,33 @@ def build(client: Client, config: PanelConfig) -> None:
                       f"{info['nothing']:.2f} goes to *nothing*")
 
     show.click(attention, [image, expression, points, box, token, layer, head], [heat, tokens], **queue)
+
+    def fetch_atlas(model_id: str) -> tuple:
+        return show_atlas(call_backend(client, "segmentation_head_effects", model_id or "", ""))
+
+    def pick_cell(found: dict | None, img, text, pts, bx, model_id, thr, cand, event: gr.SelectData) -> tuple:
+        cell = atlas_cell(found, *event.index) if found else None
+        if cell is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        if img is None:
+            raise gr.Error("Upload an image or pick an example first: the head is switched off on your input.")
+        task, head = cell
+        args = (img, text or "", pts or "", bx or "", model_id or "", float(thr), CANDIDATES.index(cand) - 1)
+        view_before, mask_before, _ = call_backend(client, "segment_view", *args, "")
+        view_after, mask_after, summary = call_backend(client, "segment_view", *args, head)
+        overlap = mask_iou(mask_before, mask_after)
+        return view_before, view_after, (f"{cell_summary(found, task, head)} On your input, the mask with {head} off "
+                                         f"overlaps the original by IoU {overlap:.2f} (area {summary['area']:.1%}).")
+
+    model.change(lambda: (None, None, "", "", None, None), None, [*atlas.outputs, before, after], queue=False)
+    for control in (image, expression, points, box, threshold, candidate):  # before/after follow their inputs
+        control.change(lambda: (None, None, ""), None, [before, after, atlas.clicked], queue=False)
+    atlas.compute.click(fetch_atlas, model, atlas.outputs, **queue)
+    atlas.image.select(pick_cell, [atlas.state, *inputs], [before, after, atlas.clicked], **queue)
+
+
+def mask_iou(first: Image.Image, second: Image.Image) -> float:
+    """Intersection over union of two 0/255 masks (1.0 when both are empty)."""
+    a, b = np.asarray(first.convert("L")) > 127, np.asarray(second.convert("L")) > 127
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
