@@ -73,18 +73,16 @@ class HeadStack:
     def parse(self, spec: str) -> list[Head]:
         """:func:`parse_heads` on this stack."""
         found = parse_heads(spec, self.layers, self.heads, self.name)
-        if self.heads_per_layer:
-            spec_text = (spec or "").strip().lower()
-            missing = [head for head in found if head.head >= self.width(head.layer)]
-            whole_layers = spec_text == "all" or all(
-                _ITEM.match(item).group(2) in (None, "*") for item in filter(None, _SEPARATORS.split(spec_text))
-            )
-            if missing and not whole_layers:
-                head = missing[0]
-                raise ServiceError(f"heads: head {head} does not exist; layer {head.layer} of the {self.name} has "
-                                   f"heads 0–{self.width(head.layer) - 1}")
-            found = [head for head in found if head.head < self.width(head.layer)]
-        return found
+        if not self.heads_per_layer:
+            return found
+        text = (spec or "").strip().lower()
+        for item in [] if text in ("", "none", "all") else filter(None, _SEPARATORS.split(text)):
+            match = _ITEM.match(item)  # parse_heads accepted every item
+            layer, head = int(match.group(1) or match.group(3)), match.group(2)
+            if head not in (None, "*") and int(head) >= self.width(layer):
+                raise ServiceError(f"heads: head {layer}.{head} does not exist; layer {layer} of the {self.name} has "
+                                   f"heads 0–{self.width(layer) - 1}")
+        return [head for head in found if head.head < self.width(head.layer)]
 
     def grid(self, values: Mapping[Head, float]) -> Grid:
         """A layers×heads grid of ``values`` (0.0 for heads not given, None for heads the stack lacks)."""
