@@ -48,6 +48,7 @@ BASELINES = {
     "restoration_region": (SCENE, "[10, 10, 60, 50]", None),
     "compare_cbm3d": (SMALL, None, "", None, ""),
     "understand": (SCENE, "remove the noise", ""),
+    "restoration_head_effects": ("", "noise"),
 }
 NO_INPUT = {"cancel", "progress"}
 #: minutes on a CPU (computed once per model): their only parameter is checked before any work, so the sweep
@@ -118,6 +119,8 @@ ACCEPTED = {
     **{(name, "region_mask"): {"missing", *CONVERTED_IMAGES - {"huge", "float"}}
        for name in ("restore", "restore_compare")},
     **{(name, "region"): {"empty", "blank"} for name in ("restore", "restore_compare", "compare_cbm3d")},
+    **{(name, "heads_off"): {"empty", "blank"} for name in ("restore", "restore_compare")},  # no head off
+    ("restoration_head_effects", "tasks"): {"empty", "blank"},  # all three tasks
     ("restoration_region", "region_mask"): {"missing"},  # the baseline gives a box already: one region at a time
     ("compare_cbm3d", "image"): CONVERTED_IMAGES - {"huge"},  # CBM3D takes at most 1024² px
     ("compare_cbm3d", "reference"): {"missing"},  # the baseline image is smaller than the odd ones

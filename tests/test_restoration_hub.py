@@ -40,3 +40,15 @@ def test_a_checkpoint_with_other_names_is_refused(tmp_path: Path, checkpoint: Pa
     (tmp_path / HEAD_FILE).symlink_to(checkpoint / HEAD_FILE)
     with pytest.raises(ServiceError, match="could not load"):
         RestorationService(device="cpu").call("understand", None, "remove the rain", str(tmp_path))
+
+
+def test_instructir_has_no_heads_to_switch_off(checkpoint: Path):
+    service = RestorationService(device="cpu")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    _, summary = service.call("restore", image, "remove the rain", str(checkpoint), None, "", None, "none")
+    assert summary["heads_off"] == "none"
+    for endpoint in ("restore", "restore_compare"):
+        with pytest.raises(ServiceError, match="exposes no attention heads to switch off"):
+            service.call(endpoint, image, "remove the rain", str(checkpoint), None, "", None, "0.0")
+    with pytest.raises(ServiceError, match="exposes no attention heads; the head atlas needs the embedded model"):
+        service.call("restoration_head_effects", str(checkpoint), "")

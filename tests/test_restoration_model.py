@@ -59,3 +59,41 @@ def test_weights_round_trip_through_safetensors(tmp_path: Path):
     with torch.no_grad():
         assert torch.allclose(loaded.restorer(image, text), models.restorer.eval()(image, text))
         assert loaded.classifier(text).shape == (1, 4)
+
+
+def test_the_head_stack_lists_every_mdta_in_forward_order():
+    stack = TextPromptIR(TINY).head_stack()
+    # encoders 1–3, latent, decoders 3–1, refinement: one block each
+    assert (stack.layers, stack.heads, stack.heads_per_layer) == (8, 2, (1, 1, 2, 2, 2, 1, 1, 1))
+    assert stack.layer_names == ("encoder 1 · block 0", "encoder 2 · block 0", "encoder 3 · block 0",
+                                 "latent · block 0", "decoder 3 · block 0", "decoder 2 · block 0",
+                                 "decoder 1 · block 0", "refinement · block 0")
+
+
+def test_heads_off_and_prompt_off_act_per_row_and_zeros_change_nothing():
+    model = _randomised(TextPromptIR(TINY)).eval()
+    image, text = torch.rand(1, 3, 24, 24).expand(3, -1, -1, -1), torch.randn(1, 384).expand(3, -1)
+    heads_off, prompt_off = torch.zeros(3, 8, 2), torch.zeros(3, 8)
+    heads_off[1, 3, 1] = 1.0
+    prompt_off[2, 6] = 1.0
+    with torch.no_grad():
+        default = model(image, text)
+        rows = model(image, text, heads_off, prompt_off)
+        zeros = model(image, text, torch.zeros(3, 8, 2), torch.zeros(3, 8))
+    assert torch.equal(zeros, default)
+    assert torch.equal(rows[0], default[0])
+    assert (rows[1] - default[1]).abs().max() > 1e-4 and (rows[2] - default[2]).abs().max() > 1e-4
+
+
+def test_the_body_resumes_from_any_block_of_a_trace():
+    model = _randomised(TextPromptIR(TINY)).eval()
+    image, text = torch.rand(2, 3, 16, 16), torch.randn(2, 384)
+    with torch.no_grad():
+        prompt, trace = model.prompt_mlp(text), []
+        model.body(model.embed(image), (), prompt, trace=trace)
+        assert len(trace) == 8
+        for layer in range(8):
+            heads_off = torch.zeros(2, 8, 2)
+            heads_off[:, layer, 0] = 1.0
+            whole = model.body(model.embed(image), (), prompt, heads_off)
+            assert torch.equal(model.body(*trace[layer], prompt, heads_off, start=layer), whole)

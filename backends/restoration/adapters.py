@@ -1,19 +1,25 @@
 """Prompt-guided restorers behind one interface: the embedded TextPromptIR-style model and hub checkpoints.
 
 An adapter embeds an instruction (cached), says which degradation it understood (probabilities over TASKS) and
-restores a 1×3×H×W image in [0, 1], tile by tile for large images (see ``tiling``).
+restores a 1×3×H×W image in [0, 1], tile by tile for large images (see ``tiling``). Models with a head ``stack``
+restore with heads switched off for one call (``heads_off``, the same heads in every tile).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from backends.core.heads import Head, HeadStack
+from backends.core.service import ServiceError
 from backends.core.text_encoder import MiniLMEncoder
 from backends.restoration.anchors import InstructionAnchors
 from backends.restoration.checkpoint import WEIGHTS_FILE, load_models
+from backends.restoration.model import off_rows
 from backends.restoration.prompts import TASKS
 from backends.restoration.tiling import OVERLAP, TILE, restore_tiled
 
@@ -29,6 +35,8 @@ class RestorerAdapter:
     name: str
     device: str
     precision: str = "float32"
+    #: the attention heads ``heads_off`` can switch off (None: the model exposes none)
+    stack: HeadStack | None = None
 
     def __init__(self, name: str, device: str):
         self.name = name
@@ -43,9 +51,24 @@ class RestorerAdapter:
         """Probabilities over TASKS (noise, haze, rain, none) from a conditioning vector."""
         raise NotImplementedError
 
-    def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """Restore one tile (1×3×h×w on the device) with a conditioning vector."""
+    def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor,
+                     heads_off: torch.Tensor | None = None) -> torch.Tensor:
+        """Restore one tile (B×3×h×w on the device) with conditioning vectors (1 or B rows) and, for models with a
+        ``stack``, per-row heads switched off ([B, layers, heads], 1 = off)."""
         raise NotImplementedError
+
+    def parse_heads(self, spec: str) -> list[Head]:
+        """The heads a head list names in this model's ``stack``; a :class:`ServiceError` for a bad list, or for any
+        head at all when the model has no stack."""
+        if (spec or "").strip().lower() in ("", "none"):
+            return []
+        if self.stack is None:
+            raise self._no_stack()
+        return self.stack.parse(spec)
+
+    def _no_stack(self) -> ServiceError:
+        return ServiceError(f"heads_off: {self.name} exposes no attention heads to switch off; leave heads_off empty, "
+                            f"or use the embedded model {EMBEDDED_ID!r}")
 
     def steering(self, prompt: str) -> tuple[torch.Tensor, str | None]:
         """The conditioning vector ``restore`` uses for ``prompt`` and, for models that steer by a training
@@ -70,12 +93,19 @@ class RestorerAdapter:
         return dict(zip(TASKS, probabilities, strict=True))
 
     @torch.no_grad()
-    def restore(self, image: torch.Tensor, prompt: str, tile: int = TILE, overlap: int = OVERLAP) -> torch.Tensor:
-        """Restore a 1×3×H×W CPU tensor in [0, 1] following ``prompt``; large images go tile by tile."""
+    def restore(self, image: torch.Tensor, prompt: str, tile: int = TILE, overlap: int = OVERLAP,
+                heads_off: Sequence[Head] = ()) -> torch.Tensor:
+        """Restore a 1×3×H×W CPU tensor in [0, 1] following ``prompt``, with ``heads_off`` (heads of ``stack``)
+        switched off in every tile; large images go tile by tile."""
         embedding, _ = self.steering(prompt)
+        off = None
+        if heads_off:
+            if self.stack is None:
+                raise self._no_stack()
+            off = off_rows([heads_off], self.stack.layers, self.stack.heads).to(self.device)
 
         def run(part: torch.Tensor) -> torch.Tensor:
-            return self.restore_tile(part.to(self.device), embedding).clamp(0, 1)
+            return self.restore_tile(part.to(self.device), embedding, off).clamp(0, 1)
 
         return restore_tiled(run, image, tile, overlap).clamp(0, 1)
 
@@ -104,6 +134,12 @@ class EmbeddedRestorer(RestorerAdapter):
         self.anchors = InstructionAnchors.load(ASSETS / INSTRUCTIONS_FILE, self.encoder)
         self.bfloat16 = (device == "cpu" and cpu_has_native_bfloat16()) if bfloat16 is None else bfloat16
         self.precision = "bfloat16 autocast" if self.bfloat16 else "float32"
+        self.stack = self.restorer.head_stack()
+        self.weights_sha256 = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+
+    def fingerprint(self) -> str:
+        """What this model's results depend on: its name and the first 16 hex digits of its weights' SHA-256."""
+        return f"{self.name}-{self.weights_sha256[:16]}"
 
     @classmethod
     def load(cls, folder: str | Path = ASSETS, device: str = "cpu") -> EmbeddedRestorer:
@@ -126,8 +162,13 @@ class EmbeddedRestorer(RestorerAdapter):
         """The embedding and text of the training instruction nearest to ``prompt`` in the understood task."""
         return self.anchors.steer(self.classifier, self.embed(prompt))
 
-    def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """One TextPromptIR forward pass (bf16 autocast where the CPU supports it natively)."""
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bfloat16):
-            return self.restorer(tile, embedding).float()
+    def autocast(self) -> torch.autocast:
+        """The precision the restorer runs in: bf16 autocast where the CPU supports it natively, else fp32."""
+        return torch.autocast("cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+                              enabled=self.bfloat16)
+
+    def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor,
+                     heads_off: torch.Tensor | None = None) -> torch.Tensor:
+        """One TextPromptIR forward pass (in ``autocast``'s precision)."""
+        with self.autocast():
+            return self.restorer(tile, embedding.expand(tile.shape[0], -1), heads_off).float()

@@ -29,7 +29,7 @@ class RestorationAPI(PanelAPI):
     @endpoint(restored="image", result="json")
     def restore(self, image: Image.Image | None, prompt: str = "", model: str = "",
                 reference: Image.Image | None = None, region: str = "",
-                region_mask: Image.Image | None = None) -> tuple[Image.Image, dict]:
+                region_mask: Image.Image | None = None, heads_off: str = "") -> tuple[Image.Image, dict]:
         """Restore an image, or one region of it, as a free-text instruction asks.
 
         Args:
@@ -40,18 +40,23 @@ class RestorationAPI(PanelAPI):
             region: where to restore, optional: a box "[x0, y0, x1, y1]" in image pixels, or words the segmentation
                 panel finds, e.g. "the bag"; empty for the whole image
             region_mask: where to restore as a mask image the size of the image (white = restore), optional
+            heads_off: attention heads of the embedded restorer switched off for this call only, a head list
+                ("5.3", "L5H3", "5.*", "L5", "all"; layer.head of its MDTA stack, see restoration_head_effects);
+                "" = none
 
         Returns:
             restored: the restored image (outside the region: the input, blended over a feathered edge)
-            result: degradation, confidence, probabilities, image_size, tiles, seconds, region, notes and, given a
-                reference, psnr, ssim, input_psnr, input_ssim (with a region also inside and outside it)
+            result: degradation, confidence, probabilities, image_size, tiles, seconds, region, notes, heads_off (the
+                canonical head list) and, given a reference, psnr, ssim, input_psnr, input_ssim (with a region also
+                inside and outside it)
         """
         ...
 
     @endpoint(input="image", restored="image", baseline="image", result="json")
     def restore_compare(self, image: Image.Image | None, prompt: str = "", model: str = "",
                         reference: Image.Image | None = None, region: str = "",
-                        region_mask: Image.Image | None = None) -> tuple[Image.Image, Image.Image, Image.Image, dict]:
+                        region_mask: Image.Image | None = None,
+                        heads_off: str = "") -> tuple[Image.Image, Image.Image, Image.Image, dict]:
         """As restore, next to the fast classical baseline of the understood degradation.
 
         Args:
@@ -61,6 +66,8 @@ class RestorationAPI(PanelAPI):
             reference: the clean image, optional (PSNR/SSIM of the result and of the baseline)
             region: a box "[x0, y0, x1, y1]" or words naming the region to restore, optional
             region_mask: a mask image of the region to restore, optional
+            heads_off: attention heads of the embedded restorer switched off for this call only (as in restore);
+                "" = none
 
         Returns:
             input: the input as the model saw it (RGB, maybe downscaled)
@@ -68,6 +75,28 @@ class RestorationAPI(PanelAPI):
             baseline: the fast classical method's result (non-local means, dark channel prior or guided filter; in the
                 same region), or the input when the degradation is "none"
             result: as restore's result, plus "baseline" with its name, seconds and, given a reference, PSNR/SSIM
+        """
+        ...
+
+    @endpoint(atlas="json")
+    def restoration_head_effects(self, model: str = "", tasks: str = "") -> dict:
+        """The head atlas: each restoration task's PSNR change when one MDTA head alone is switched off, on fixed
+        held-out crops restored with the task's canonical instruction.
+
+        Shipped with the app for the embedded model (when its weights change, recomputed in about 30 CPU-seconds),
+        and cached per model in memory and on disk.
+
+        Args:
+            model: "" for the embedded restorer (hub models expose no heads).
+            tasks: comma-separated tasks to report, of noise, haze, rain ("" = all three).
+
+        Returns:
+            atlas: ``model``, ``stack``, ``layers``, ``heads``, ``heads_per_layer``, ``layer_names``, ``tasks``,
+                ``metric`` {task: unit}, ``baseline`` {task: PSNR}, ``effects`` {task: layers×heads, PSNR(head off) −
+                baseline in dB, None where a layer lacks the head}, ``relative`` (in % of the baseline),
+                ``specificity`` (layers×heads, 0–1), ``top`` {task: heads whose removal lowers its PSNR most},
+                ``prompt_injection`` {task: per layer, PSNR change when that block's prompt modulation is the
+                identity}, ``probe``, ``seconds`` (of the computation), ``cached``.
         """
         ...
 

@@ -203,6 +203,9 @@ class InstructIRRestorer(RestorerAdapter):
         """InstructIR's own degradation classifier, folded onto TASKS."""
         return torch.softmax(self.head.fc2(embedding), dim=-1) @ self.class_to_task
 
-    def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """One InstructIR forward pass."""
-        return self.image_model(tile, embedding)
+    def restore_tile(self, tile: torch.Tensor, embedding: torch.Tensor,
+                     heads_off: torch.Tensor | None = None) -> torch.Tensor:
+        """One InstructIR forward pass (InstructIR has no head stack: ``heads_off`` must be None)."""
+        if heads_off is not None:
+            raise ValueError("InstructIR has no head stack to switch heads off in")
+        return self.image_model(tile, embedding.expand(tile.shape[0], -1))

@@ -4,16 +4,23 @@ The restorer is a Restormer-like U-Net (levels of width C, 2C, 4C, 8C; MDTA chan
 feed-forward blocks). The instruction's sentence embedding (all-MiniLM-L6-v2, 384-d) goes through an MLP to a
 prompt vector e, which every block injects before both its attention and its feed-forward branch:
 e_C = Linear(e) gated by ECA channel attention of the features, then h = LN(x)·(1 + Linear(e_C)) + Linear(e_C).
+
+The MDTA modules in forward order (encoders, latent, decoders, refinement) form the restorer's head stack
+(``TextPromptIR.head_stack``). ``forward`` takes per-row interventions for one call: ``heads_off`` [B, layers, heads]
+(1 = that head's output, its slice of attention @ v, is zeroed) and ``prompt_off`` [B, layers] (1 = that block's
+two prompt modulations are the identity).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from torch import nn
 
+from backends.core.heads import HeadStack
 from backends.core.text_encoder import EMBED_DIM
 from backends.restoration.prompts import TASKS
 
@@ -65,12 +72,15 @@ class PromptModulation(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """x: B×C×H×W features, prompt: B×prompt_dim."""
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor, off: torch.Tensor | None = None) -> torch.Tensor:
+        """x: B×C×H×W features, prompt: B×prompt_dim; ``off`` [B] (1 = this row passes x through unchanged)."""
         gate = torch.sigmoid(self.eca(x.mean(dim=(2, 3)).unsqueeze(1)).squeeze(1))
         prompt_channels = self.to_channels(prompt) * gate
         scale = self.scale(prompt_channels)[..., None, None]
         shift = self.shift(prompt_channels)[..., None, None]
+        if off is not None:
+            keep = (1 - off).to(scale.dtype)[:, None, None, None]
+            scale, shift = scale * keep, shift * keep
         return x * (1 + scale) + shift
 
 
@@ -85,14 +95,17 @@ class MDTA(nn.Module):
         self.qkv_dw = nn.Conv2d(channels * 3, channels * 3, 3, padding=1, groups=channels * 3, bias=False)
         self.project = nn.Conv2d(channels, channels, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Channel attention over all pixels."""
+    def forward(self, x: torch.Tensor, heads_off: torch.Tensor | None = None) -> torch.Tensor:
+        """Channel attention over all pixels; ``heads_off`` [B, ≥ heads] (1 = zero that head's output in that row)."""
         batch, channels, height, width = x.shape
         q, k, v = self.qkv_dw(self.qkv(x)).chunk(3, dim=1)
         q, k, v = (t.reshape(batch, self.heads, channels // self.heads, height * width) for t in (q, k, v))
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         attention = torch.softmax((q @ k.transpose(-2, -1)) * self.temperature, dim=-1)
-        return self.project((attention @ v).reshape(batch, channels, height, width))
+        heads = attention @ v
+        if heads_off is not None:
+            heads = heads * (1 - heads_off[:, :self.heads]).to(heads.dtype)[:, :, None, None]
+        return self.project(heads.reshape(batch, channels, height, width))
 
 
 class GDFN(nn.Module):
@@ -123,24 +136,23 @@ class PromptBlock(nn.Module):
         self.modulate_ffn = PromptModulation(channels, prompt_dim)
         self.ffn = GDFN(channels, expansion)
 
-    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """One prompt-conditioned block."""
-        x = x + self.attention(self.modulate_attention(self.norm_attention(x), prompt))
-        return x + self.ffn(self.modulate_ffn(self.norm_ffn(x), prompt))
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor, heads_off: torch.Tensor | None = None,
+                prompt_off: torch.Tensor | None = None) -> torch.Tensor:
+        """One prompt-conditioned block; ``heads_off`` [B, heads] and ``prompt_off`` [B] are this block's rows."""
+        x = x + self.attention(self.modulate_attention(self.norm_attention(x), prompt, prompt_off), heads_off)
+        return x + self.ffn(self.modulate_ffn(self.norm_ffn(x), prompt, prompt_off))
 
 
 class PromptStage(nn.Module):
-    """A sequence of prompt blocks at one resolution."""
+    """A sequence of prompt blocks at one resolution (``TextPromptIR.body`` runs them)."""
 
     def __init__(self, channels: int, depth: int, heads: int, expansion: float, prompt_dim: int):
         super().__init__()
         self.blocks = nn.ModuleList(PromptBlock(channels, heads, expansion, prompt_dim) for _ in range(depth))
 
-    def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """Run all blocks."""
-        for block in self.blocks:
-            x = block(x, prompt)
-        return x
+
+#: the U-Net's state before one block: the features and the encoder skips not yet used
+Trace = tuple[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
 def _downsample(channels: int) -> nn.Module:
@@ -182,25 +194,79 @@ class TextPromptIR(nn.Module):
         self.output = nn.Conv2d(c, 3, 3, padding=1, bias=False)
         nn.init.zeros_(self.output.weight)  # start as the identity (global residual), learn the correction
 
-    def forward(self, image: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
-        """image: B×3×H×W in [0, 1]; text_embedding: B×384 pooled MiniLM embedding. Returns B×3×H×W."""
+    def named_blocks(self) -> list[tuple[str, PromptBlock]]:
+        """Every block in forward order (encoders, latent, decoders, refinement), named like "encoder 1 · block 0"."""
+        return [(f"{name} · block {index}", block) for name, stage in self._stages()
+                for index, block in enumerate(stage.blocks)]
+
+    def _stages(self) -> list[tuple[str, PromptStage]]:
+        return [*((f"encoder {level + 1}", stage) for level, stage in enumerate(self.encoders)),
+                ("latent", self.latent), *((f"decoder {level + 1}", self.decoders[level]) for level in (2, 1, 0)),
+                ("refinement", self.refinement)]
+
+    def head_stack(self) -> HeadStack:
+        """The MDTA attention of every block as a head stack (layers in forward order, of uneven width)."""
+        named = self.named_blocks()
+        widths = tuple(block.attention.heads for _, block in named)
+        return HeadStack("TextPromptIR MDTA channel attention", len(named), max(widths), widths,
+                         tuple(name for name, _ in named))
+
+    def pad(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` reflect-padded at the bottom and right to a multiple of ``PAD_MULTIPLE``."""
         height, width = image.shape[-2:]
         pad_h, pad_w = (-height) % self.PAD_MULTIPLE, (-width) % self.PAD_MULTIPLE
-        padded = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image
-        prompt = self.prompt_mlp(text_embedding)
-        x = self.embed(padded)
-        skips = []
+        return F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image
+
+    def forward(self, image: torch.Tensor, text_embedding: torch.Tensor, heads_off: torch.Tensor | None = None,
+                prompt_off: torch.Tensor | None = None) -> torch.Tensor:
+        """image: B×3×H×W in [0, 1]; text_embedding: B×384 pooled MiniLM embedding. Returns B×3×H×W.
+
+        ``heads_off`` [B, layers, heads] and ``prompt_off`` [B, layers] (see the module docstring) act on this call
+        only; None (the default) changes nothing.
+        """
+        padded = self.pad(image)
+        x = self.body(self.embed(padded), (), self.prompt_mlp(text_embedding), heads_off, prompt_off)
+        return (self.output(x) + padded)[..., :image.shape[-2], :image.shape[-1]]
+
+    def body(self, x: torch.Tensor, skips: tuple[torch.Tensor, ...], prompt: torch.Tensor,
+             heads_off: torch.Tensor | None = None, prompt_off: torch.Tensor | None = None, start: int = 0,
+             trace: list[Trace] | None = None) -> torch.Tensor:
+        """The U-Net from the input of block ``start`` (its features ``x`` and the ``skips`` then held; block 0: the
+        embedded image and no skips) to the refinement's output. ``prompt`` is the prompt MLP's output; ``trace``,
+        when given, receives the state before each block run (a later call can resume from it)."""
+        done, pending = 0, list(skips)
+
+        def run(stage: PromptStage, x: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            for block in stage.blocks:
+                if done >= start:
+                    if trace is not None:
+                        trace.append((x, tuple(pending)))
+                    x = block(x, prompt, None if heads_off is None else heads_off[:, done],
+                              None if prompt_off is None else prompt_off[:, done])
+                done += 1
+            return x
+
         for encoder, down in zip(self.encoders, self.downs, strict=True):
-            x = encoder(x, prompt)
-            skips.append(x)
-            x = down(x)
-        x = self.latent(x, prompt)
+            x = run(encoder, x)
+            if done > start:
+                pending.append(x)
+                x = down(x)
+        x = run(self.latent, x)
         for level in (2, 1, 0):
-            x = self.reduces[level](torch.cat([self.ups[level](x), skips[level]], dim=1))
-            x = self.decoders[level](x, prompt)
-        x = self.refinement(x, prompt)
-        restored = self.output(x) + padded
-        return restored[..., :height, :width]
+            if done > start:
+                x = self.reduces[level](torch.cat([self.ups[level](x), pending.pop()], dim=1))
+            x = run(self.decoders[level], x)
+        return run(self.refinement, x)
+
+
+def off_rows(sets: Sequence[Sequence[tuple[int, int]]], layers: int, heads: int) -> torch.Tensor:
+    """A ``heads_off`` tensor [len(sets), layers, heads]: 1 at each row's (layer, head) pairs, 0 elsewhere."""
+    off = torch.zeros(len(sets), layers, heads)
+    for row, pairs in enumerate(sets):
+        for layer, head in pairs:
+            off[row, layer, head] = 1.0
+    return off
 
 
 class PromptClassifier(nn.Module):

@@ -6,7 +6,11 @@ reference, region, region_mask])`` (the whole image or one region of it), ``rest
 restored image, the fast classical baseline for the understood degradation, and PSNR/SSIM of input, model and
 baseline when the clean reference is known), ``restoration_region`` (the region that would be restored, drawn),
 ``compare_cbm3d`` (the strongest classical denoiser, slow, with ``restoration_progress``/``restoration_cancel`` per
-job). A region given by a referring expression is resolved by the segmentation service through its client.
+job), ``restoration_head_effects`` (the head atlas of the embedded restorer). A region given by a referring expression
+is resolved by the segmentation service through its client.
+
+``restore``'s ``heads_off`` travels with the call down to every tile's forward pass (nothing on the shared model
+changes), so calls with different heads run concurrently.
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ from PIL import Image
 
 from backends.core.client import Client, make_client
 from backends.core.config import load_config
+from backends.core.heads import EffectsCache, choose_tasks, format_heads, select_tasks
 from backends.core.images import PreparedImage, prepare_image, to_pil
 from backends.core.service import Service, ServiceError
 from backends.core.text import check_text
 from backends.restoration.adapters import EMBEDDED_ID, EmbeddedRestorer, RestorerAdapter
 from backends.restoration.api import RestorationAPI
+from backends.restoration.atlas import SHIPPED, Probe, atlas_key, compute_head_effects
 from backends.restoration.classical import BASELINES, STRONGEST_BASELINES, degradation_cues, estimate_noise_sigma
 from backends.restoration.evaluate import psnr_ssim, to_array, to_tensor
 from backends.restoration.hub import HUB_ID, InstructIRRestorer
-from backends.restoration.prompts import SUGGESTED_PROMPTS
+from backends.restoration.prompts import RESTORATION_TASKS, SUGGESTED_PROMPTS
 from backends.restoration.region import Region, masked_psnr_ssim
 from backends.restoration.tiling import count_tiles
 from backends.segmentation.query import parse_box
@@ -66,6 +72,7 @@ class RestorationService(RestorationAPI, Service):
         self._segmentation = segmentation
         self._jobs: dict[str, dict] = {}  # job id → progress and cancel flag of one running CBM3D comparison
         self._jobs_lock = threading.Lock()
+        self._effects = EffectsCache(self.panel, shipped=SHIPPED)
 
     def load_model(self, model_id: str) -> RestorerAdapter:
         """The embedded model, or InstructIR (hub id or local folder) for any other id."""
@@ -178,7 +185,7 @@ class RestorationService(RestorationAPI, Service):
         return Region.from_mask(found, f"expression '{region}'")
 
     def _restore(self, image: Image.Image | None, prompt: str, model: str, reference: Image.Image | None,
-                 region: str = "", region_mask: Image.Image | None = None) -> tuple[
+                 region: str = "", region_mask: Image.Image | None = None, heads_off: str = "") -> tuple[
             np.ndarray, np.ndarray, dict, np.ndarray | None, Region | None]:
         prepared, clean, notes = self._prepared(image, reference)
         array = prepared.pixels
@@ -187,19 +194,20 @@ class RestorationService(RestorationAPI, Service):
             suggestion = self._suggestion(array)
             raise ServiceError(f"Type an instruction first. For this image try: '{suggestion['suggestion']}' "
                                f"({suggestion['reason']}).")
-        where = self._region(prepared, image.size, region, region_mask)
         restorer = self.model(model)
+        switched_off = restorer.parse_heads(heads_off)
+        where = self._region(prepared, image.size, region, region_mask)
         started = time.perf_counter()
         understanding = self._understanding(restorer, prompt, array)
 
         def run(part: np.ndarray) -> np.ndarray:
-            return to_array(restorer.restore(to_tensor(part), prompt))
+            return to_array(restorer.restore(to_tensor(part), prompt, heads_off=switched_off))
 
         restored = run(array) if where is None else where.apply(array, run)
         summary = {
             "model": restorer.name, "prompt": prompt, **understanding,
             "image_size": [array.shape[1], array.shape[0]], "tiles": count_tiles(*array.shape[:2]),
-            "precision": restorer.precision,
+            "precision": restorer.precision, "heads_off": format_heads(switched_off),
             "seconds": round(time.perf_counter() - started, 3),
         }
         summary["notes"] = notes + understanding["notes"]
@@ -247,14 +255,16 @@ class RestorationService(RestorationAPI, Service):
 
     def restore(self, image: Image.Image | None, prompt: str = "", model: str = "",
                 reference: Image.Image | None = None, region: str = "",
-                region_mask: Image.Image | None = None) -> tuple[Image.Image, dict]:
-        _, restored, summary, _, _ = self._restore(image, prompt, model, reference, region, region_mask)
+                region_mask: Image.Image | None = None, heads_off: str = "") -> tuple[Image.Image, dict]:
+        _, restored, summary, _, _ = self._restore(image, prompt, model, reference, region, region_mask, heads_off)
         return to_pil(restored), summary
 
     def restore_compare(self, image: Image.Image | None, prompt: str = "", model: str = "",
                         reference: Image.Image | None = None, region: str = "",
-                        region_mask: Image.Image | None = None) -> tuple[Image.Image, Image.Image, Image.Image, dict]:
-        array, restored, summary, clean, where = self._restore(image, prompt, model, reference, region, region_mask)
+                        region_mask: Image.Image | None = None,
+                        heads_off: str = "") -> tuple[Image.Image, Image.Image, Image.Image, dict]:
+        array, restored, summary, clean, where = self._restore(image, prompt, model, reference, region, region_mask,
+                                                               heads_off)
         degradation = summary["degradation"]
         started = time.perf_counter()
         if degradation in BASELINES:
@@ -267,6 +277,19 @@ class RestorationService(RestorationAPI, Service):
         if clean is not None:
             summary["baseline"].update(_metrics("", clean, baseline_image, where))
         return to_pil(array), to_pil(restored), to_pil(baseline_image), summary
+
+    def restoration_head_effects(self, model: str = "", tasks: str = "") -> dict:
+        restorer = self.model(model)
+        if restorer.stack is None:
+            raise ServiceError(f"{restorer.name} exposes no attention heads; the head atlas needs the embedded "
+                               f"model {EMBEDDED_ID!r}")
+        chosen = choose_tasks(tasks, RESTORATION_TASKS, restorer.name)
+        probe = Probe()
+        atlas, cached = self._effects.get_or_compute(atlas_key(restorer, probe),
+                                                     lambda: compute_head_effects(restorer, probe))
+        injection = atlas.get("prompt_injection", {})
+        return {**select_tasks(atlas, chosen), "prompt_injection": {task: injection[task] for task in chosen
+                                                                    if task in injection}, "cached": cached}
 
     def restoration_region(self, image: Image.Image | None, region: str = "",
                            region_mask: Image.Image | None = None) -> tuple[Image.Image, dict]:
