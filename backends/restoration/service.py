@@ -72,7 +72,7 @@ class RestorationService(RestorationAPI, Service):
         self._segmentation = segmentation
         self._jobs: dict[str, dict] = {}  # job id → progress and cancel flag of one running CBM3D comparison
         self._jobs_lock = threading.Lock()
-        self._effects = EffectsCache(self.panel, shipped=SHIPPED)
+        self.effects_cache = EffectsCache(self.panel, shipped=SHIPPED)
 
     def load_model(self, model_id: str) -> RestorerAdapter:
         """The embedded model, or InstructIR (hub id or local folder) for any other id."""
@@ -285,7 +285,7 @@ class RestorationService(RestorationAPI, Service):
                                f"model {EMBEDDED_ID!r}")
         chosen = choose_tasks(tasks, RESTORATION_TASKS, restorer.name)
         probe = Probe()
-        atlas, cached = self._effects.get_or_compute(atlas_key(restorer, probe),
+        atlas, cached = self.effects_cache.get_or_compute(atlas_key(restorer, probe),
                                                      lambda: compute_head_effects(restorer, probe))
         injection = atlas.get("prompt_injection", {})
         return {**select_tasks(atlas, chosen), "prompt_injection": {task: injection[task] for task in chosen
