@@ -42,6 +42,7 @@ BASELINES = {
     "segment": (SCENE, "the bag", "", "", ""),
     "segment_attention": (SCENE, "the bag", "", "", -1, -1, 1),
     "segment_view": (SCENE, "the bag", "", "", "", 0.5, -1),
+    "segmentation_head_effects": ("", "colour"),
     "restore": (SCENE, "remove the noise", "", None, "", None),
     "restore_compare": (SCENE, "remove the noise", "", None, "", None),
     "restoration_region": (SCENE, "[10, 10, 60, 50]", None),
@@ -98,9 +99,12 @@ ACCEPTED = {
                                                  ("guidance_search", "steps"), ("guidance_effect_grid", "steps"))},
     **{(name, "seed"): {"-5", "0", "10**9"} for name in ("guidance_sample", "guidance_effect_grid")},  # any integer
     ("guidance_head_effects", "tasks"): {"empty", "blank"},  # every objective
+    ("segmentation_head_effects", "tasks"): {"empty", "blank"},  # every query kind
     # an empty head list is no head (nothing ablated or perturbed)
     **{(name, field): {"empty", "blank"} for name, field in (("heads_ablate", "heads"), ("guidance_sample", "heads"),
-                                                             ("guidance_sample", "heads_off"))},
+                                                             ("guidance_sample", "heads_off"), ("segment", "heads_off"),
+                                                             ("segment_view", "heads_off"),
+                                                             ("segment_attention", "heads_off"))},
     # the baselines give no clicks or box, so an empty expression leaves nothing to segment
     **{(name, "expression"): {"200k chars", "bad json", "huge numbers"} for name in ("segment", "segment_view")},
     ("segment_attention", "expression"): {"200k chars", "bad json", "huge numbers"},
