@@ -43,6 +43,7 @@ BASELINES = {
     "segment": (SCENE, "the bag", "", "", ""),
     "segment_attention": (SCENE, "the bag", "", "", -1, -1, 1),
     "segment_view": (SCENE, "the bag", "", "", "", 0.5, -1),
+    "segmentation_head_effects": ("", "colour"),
     "restore": (SCENE, "remove the noise", "", None, "", None),
     "restore_compare": (SCENE, "remove the noise", "", None, "", None),
     "restoration_region": (SCENE, "[10, 10, 60, 50]", None),
@@ -91,6 +92,8 @@ OPTIONAL_JSON = {"empty", "blank"}
 #: endpoints with a ``heads_off`` head list
 HEADS_OFF = [spec.name for panel in APIS for spec in api_class(panel).endpoints()
              if any(param.name == "heads_off" for param in spec.params)]
+#: every panel's head atlas
+APIS_HEAD_EFFECTS = [f"{panel}_head_effects" for panel in APIS]
 #: the odd values each parameter accepts; a parameter not listed accepts none of them, except that images accept
 #: CONVERTED_IMAGES and integers (indices, flags) accept 0
 ACCEPTED = {
@@ -102,7 +105,7 @@ ACCEPTED = {
                                                  ("guidance_search", "rounds"), ("guidance_search", "top_k"),
                                                  ("guidance_search", "steps"), ("guidance_effect_grid", "steps"))},
     **{(name, "seed"): {"-5", "0", "10**9"} for name in ("guidance_sample", "guidance_effect_grid")},  # any integer
-    **{(name, "tasks"): {"empty", "blank"} for name in ("guidance_head_effects", "heads_head_effects")},  # all
+    **{(name, "tasks"): {"empty", "blank"} for name in APIS_HEAD_EFFECTS},  # every task of the model
     # an empty head list is no head (nothing ablated or perturbed)
     **{(name, field): {"empty", "blank"} for name, field in (("heads_ablate", "heads"), ("guidance_sample", "heads"))},
     **{(name, "heads_off"): {"empty", "blank"} for name in HEADS_OFF},
@@ -120,7 +123,6 @@ ACCEPTED = {
        for name in ("restore", "restore_compare")},
     **{(name, "region"): {"empty", "blank"} for name in ("restore", "restore_compare", "compare_cbm3d")},
     **{(name, "heads_off"): {"empty", "blank"} for name in ("restore", "restore_compare")},  # no head off
-    ("restoration_head_effects", "tasks"): {"empty", "blank"},  # all three tasks
     ("restoration_region", "region_mask"): {"missing"},  # the baseline gives a box already: one region at a time
     ("compare_cbm3d", "image"): CONVERTED_IMAGES - {"huge"},  # CBM3D takes at most 1024² px
     ("compare_cbm3d", "reference"): {"missing"},  # the baseline image is smaller than the odd ones

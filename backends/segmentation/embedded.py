@@ -9,6 +9,8 @@ Any image is letterboxed to the model's square input (padded with its mean colou
 the box are mapped into that frame, and the candidate maps are cropped back and resized to the image. The
 text-independent image features (foreground, objects, object tokens) and the text encodings are kept in bounded LRU
 caches, so a further query on the same image (new expression, new clicks) only runs the light object–word fusion.
+``predict(..., heads_off=...)`` switches fusion heads off for that query only (zero ablation, see
+:mod:`backends.segmentation.model`); the GrabCut fallback has no heads, so they have no effect on its answers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from PIL import Image
 
 from backends.core.cache import LRUCache
+from backends.core.heads import Head, HeadStack
 from backends.core.text_encoder import MiniLMEncoder, TextCache
 from backends.segmentation.classical import ClassicalSegmenter
 from backends.segmentation.data import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, CATEGORIES, COLOUR_KEYS, MAX_PROMPTS, PAD
@@ -31,6 +34,8 @@ from backends.segmentation.model import (
     ImageFeatures,
     Segmenter,
     candidate_maps,
+    head_stack,
+    heads_off_mask,
     load_checkpoint,
     prompt_evidence,
 )
@@ -102,6 +107,18 @@ class EmbeddedSegmenter:
         self.features: LRUCache[str, ImageFeatures] = LRUCache(FEATURE_CACHE_SIZE)
         self.texts = TextCache(self.text_encoder, TEXT_CACHE_SIZE)
         self.classical = ClassicalSegmenter()
+        self.stack: HeadStack = head_stack(model.config, self.name)
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of the segmenter's weights (the frozen Fashion-MNIST prior included)."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=8)
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @classmethod
     def load(cls, folder: Path = ASSETS, device: str = "cpu") -> EmbeddedSegmenter:
@@ -124,8 +141,10 @@ class EmbeddedSegmenter:
         return features, False
 
     @torch.no_grad()
-    def predict(self, query: Query, return_attention: bool = False, fallback: bool = True) -> Prediction:
-        """Three candidate probability maps at the image's size with their scores.
+    def predict(self, query: Query, return_attention: bool = False, fallback: bool = True,
+                heads_off: list[Head] | None = None) -> Prediction:
+        """Three candidate probability maps at the image's size with their scores, with the fusion heads
+        ``heads_off`` (of :attr:`stack`) switched off.
 
         Extras: who answered (this model or the classical fallback), whether the image features were cached, the
         objects found (category and colour guesses), notes, an out-of-domain note and, when asked, the
@@ -149,7 +168,8 @@ class EmbeddedSegmenter:
             return prediction
         expression, notes = self._truncate(query.expression.strip())
         text = self.texts([expression])
-        out = self.model.decode([features], text.tokens, text.mask, prompts, return_attention)
+        off = heads_off_mask([heads_off], self.stack, self.device) if heads_off else None
+        out = self.model.decode([features], text.tokens, text.mask, prompts, return_attention, off)
         count = features.tokens.shape[0]
         maps, scores, _ = candidate_maps(features, out.logits[0, :count], self.model.config.num_masks)
         top, left = frame.top, frame.left

@@ -46,7 +46,8 @@ def _overlap(pred: np.ndarray, target: np.ndarray) -> tuple[int, int]:
     return int((pred & target).sum()), int((pred | target).sum())
 
 
-def _iou(pred: np.ndarray, target: np.ndarray) -> float:
+def iou(pred: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
     inter, union = _overlap(pred, target)
     return inter / union if union else 1.0
 
@@ -94,7 +95,7 @@ def evaluate_samples(model: Segmenter, texts: TextCache, samples: list[Sample]) 
         pred = candidates[int(np.argmax(scores))]
         inter, union = _overlap(pred, sample.mask)
         record = {"kind": sample.kind, "count": sample.count, "inter": inter, "union": union,
-                  "oracle_iou": max(_iou(c, sample.mask) for c in candidates),
+                  "oracle_iou": max(iou(c, sample.mask) for c in candidates),
                   "empty": bool(pred.sum() < min_area(pred.shape))}
         if sample.kind == "plural":
             record["pred_count"] = len(detect(pred.astype(np.float32)))

@@ -16,6 +16,11 @@
 
 :meth:`Segmenter.encode_image` (steps 1–3) runs once per image and is cached by the service; :meth:`Segmenter.decode`
 (step 4) is all a further query costs.
+
+The fusion's attention heads form the panel's head stack (:func:`head_stack`): its layers are the three attention
+modules of each block in the order they run (objects→words, objects→objects, words→objects), each with
+``config.heads`` heads. ``decode(..., heads_off=...)`` switches heads off for that call only, per query row, by zero
+ablation: a head that is off contributes nothing to its module's output projection (the projection's bias stays).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from scipy import ndimage
 from torch import nn
 
 from backends.core.fashion_classifier import CLASSIFIER_CONFIG, IMAGE_SIZE, NUM_CLASSES, FashionClassifier
+from backends.core.heads import Head, HeadStack
 from backends.segmentation.data import (
     BOX_BOTTOM_RIGHT,
     BOX_TOP_LEFT,
@@ -48,6 +54,9 @@ MIN_OBJECT_AREA = 12  # pixels (at the model's input size); smaller foreground s
 GEOMETRY_FEATURES = 7  # x0, y0, x1, y1, centre x, centre y, sqrt(area), all in [0, 1]
 PAIR_FEATURES = 4  # see pairwise_geometry
 PROMPT_FEATURES = 6  # see prompt_evidence
+#: a fusion block's attention modules in the order they run, with the names the head stack gives them
+ATTENTIONS = (("objects_to_words", "objects→words"), ("object_self", "objects→objects"),
+              ("words_to_objects", "words→objects"))
 
 
 @dataclass
@@ -172,6 +181,12 @@ def crop_objects(image: torch.Tensor, masks: torch.Tensor, geometry: torch.Tenso
     return F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def mean_colour(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The mean RGB [N, 3] of image [3, S, S] under each of masks [N, S, S]."""
+    weights = masks.flatten(1).float()
+    return (weights @ image.flatten(1).T) / weights.sum(1, keepdim=True).clamp(min=1)
+
+
 def fashion_view(crops: torch.Tensor) -> torch.Tensor:
     """Fashion-MNIST-like views [N, 1, 28, 28] in [-1, 1] of object crops [N, 4, c, c] (RGB in [0, 1] and mask):
     the brightest channel inside the mask, stretched to [0, 1], black outside."""
@@ -220,8 +235,23 @@ class FourierPositions(nn.Module):
         return torch.cat([projected.sin(), projected.cos()], dim=-1)
 
 
+def head_stack(config: SegmenterConfig, name: str = "fashion-refseg") -> HeadStack:
+    """The fusion's attention heads: 3·depth layers (each block's :data:`ATTENTIONS` in order) × ``config.heads``."""
+    return HeadStack(f"{name} fusion attention", len(ATTENTIONS) * config.depth, config.heads, layer_names=tuple(
+        f"block {block} · {label}" for block in range(config.depth) for _, label in ATTENTIONS))
+
+
+def heads_off_mask(head_sets: list[list[Head]], stack: HeadStack, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``decode``'s ``heads_off`` [len(head_sets), layers, heads]: 1 where a row switches a head off."""
+    mask = torch.zeros(len(head_sets), stack.layers, stack.heads)
+    for row, heads in enumerate(head_sets):
+        for layer, head in heads:
+            mask[row, layer, head] = 1.0
+    return mask.to(device)
+
+
 class Attention(nn.Module):
-    """Multi-head attention that can hand back its weights (for inspecting heads)."""
+    """Multi-head attention that can hand back its weights (for inspecting heads) and switch heads off."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -229,9 +259,10 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, key_mask: torch.Tensor,
-                keep: list | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+                keep: list | None = None, bias: torch.Tensor | None = None, off: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Attend from ``query`` [B, Nq, D] to ``key`` [B, Nk, D] (also the values); ``key_mask`` True = attend;
-        ``bias`` [B, heads, Nq, Nk] is added to the attention logits.
+        ``bias`` [B, heads, Nq, Nk] is added to the attention logits; heads where ``off`` [B, heads] is 1 give zeros.
 
         When ``keep`` is a list, the attention weights [B, heads, Nq, Nk] are appended to it.
         """
@@ -248,6 +279,8 @@ class Attention(nn.Module):
             weights = (logits + mask if bias is not None else logits.masked_fill(~mask, float("-inf"))).softmax(-1)
             keep.append(weights.detach())
             mixed = weights @ v
+        if off is not None:
+            mixed = mixed * (1 - off.to(mixed.dtype))[:, :, None, None]
         return self.out(mixed.transpose(1, 2).reshape(b, nq, d))
 
 
@@ -280,17 +313,23 @@ class FusionBlock(nn.Module):
         self.object_mlp, self.word_mlp = _mlp(dim, 4 * dim), _mlp(dim, 2 * dim)
 
     def forward(self, objects: torch.Tensor, object_mask: torch.Tensor, pairs: torch.Tensor, words: torch.Tensor,
-                word_mask: torch.Tensor, attention: dict[str, list] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                word_mask: torch.Tensor, attention: dict[str, list] | None, heads_off: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step (``pairs``: pairwise_geometry of the objects, "nothing" included as zeros); appends the
-        cross-attention weights to ``attention`` when it is given."""
+        cross-attention weights to ``attention`` when it is given; ``heads_off`` [B, 3, heads] switches heads of
+        the block's :data:`ATTENTIONS` off."""
         n = self.norms
+        off = [None] * len(ATTENTIONS) if heads_off is None else heads_off.unbind(1)
         objects = objects + self.objects_to_words(n[0](objects), n[1](words), word_mask,
-                                                  attention["objects_to_words"] if attention is not None else None)
+                                                  attention["objects_to_words"] if attention is not None else None,
+                                                  off=off[0])
         o = n[2](objects)
-        objects = objects + self.object_self(o, o, object_mask, bias=self.relation_bias(pairs).permute(0, 3, 1, 2))
+        objects = objects + self.object_self(o, o, object_mask, bias=self.relation_bias(pairs).permute(0, 3, 1, 2),
+                                             off=off[1])
         objects = objects + self.object_mlp(n[3](objects))
         words = words + self.words_to_objects(n[4](words), objects, object_mask,
-                                              attention["words_to_objects"] if attention is not None else None)
+                                              attention["words_to_objects"] if attention is not None else None,
+                                              off=off[2])
         return objects, words + self.word_mlp(n[5](words))
 
 
@@ -360,6 +399,11 @@ class Segmenter(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
 
+    @property
+    def stack(self) -> HeadStack:
+        """The fusion's attention heads (see :func:`head_stack`)."""
+        return head_stack(self.config)
+
     def train(self, mode: bool = True) -> Segmenter:
         """Like nn.Module.train, but the frozen Fashion-MNIST classifier always stays in eval mode (no dropout)."""
         super().train(mode)
@@ -373,37 +417,55 @@ class Segmenter(nn.Module):
 
     def embed_objects(self, image: torch.Tensor, masks: torch.Tensor) -> ImageFeatures:
         """Object tokens of given masks [N, S, S] in one image [3, S, S] in [0, 1] (foreground left empty)."""
-        masks = masks.bool()
-        geometry = object_geometry(masks)
-        if masks.shape[0] == 0:
-            none = image.new_zeros
-            return ImageFeatures(none(image.shape[-2:]), masks, geometry, none((0, self.config.dim)),
-                                 none((0, len(CATEGORIES))), none((0, len(COLOUR_KEYS))))
-        crops = crop_objects(image, masks, geometry, self.config.crop)
-        weights = masks.flatten(1).float()
-        colour = (weights @ image.flatten(1).T) / weights.sum(1, keepdim=True).clamp(min=1)  # [N, 3]
-        prior = crops.new_zeros((crops.shape[0], 0))
-        if self.fashion is not None:
-            with torch.no_grad():
-                prior = self.fashion(fashion_view(crops)).log_softmax(-1)
-        normalised = torch.cat([self.normalise(crops[:, :3]), crops[:, 3:]], dim=1)
-        tokens, categories, colours = self.objects(normalised, geometry, colour, prior)
-        tokens = tokens + self.positions(geometry[:, 4:6])
-        return ImageFeatures(image.new_zeros(image.shape[-2:]), masks, geometry, tokens, categories, colours)
+        return self.embed_objects_of([image], [masks])[0]
+
+    def embed_objects_of(self, images: list[torch.Tensor], masks: list[torch.Tensor]) -> list[ImageFeatures]:
+        """:meth:`embed_objects` of each image and its masks, with one object-encoder pass over all the objects."""
+        masks = [m.bool() for m in masks]
+        geometry = [object_geometry(m) for m in masks]
+        counts = [m.shape[0] for m in masks]
+        first, d = images[0], self.config.dim
+        if sum(counts):
+            present = [i for i, count in enumerate(counts) if count]
+            crops = torch.cat([crop_objects(images[i], masks[i], geometry[i], self.config.crop) for i in present])
+            colour = torch.cat([mean_colour(images[i], masks[i]) for i in present])
+            prior = crops.new_zeros((crops.shape[0], 0))
+            if self.fashion is not None:
+                with torch.no_grad():
+                    prior = self.fashion(fashion_view(crops)).log_softmax(-1)
+            normalised = torch.cat([self.normalise(crops[:, :3]), crops[:, 3:]], dim=1)
+            places = torch.cat([geometry[i] for i in present])
+            tokens, categories, colours = self.objects(normalised, places, colour, prior)
+            tokens = tokens + self.positions(places[:, 4:6])
+        else:
+            tokens, categories, colours = (first.new_zeros((0, width)) for width in (d, len(CATEGORIES),
+                                                                                     len(COLOUR_KEYS)))
+        return [ImageFeatures(image.new_zeros(image.shape[-2:]), m, g, *parts)
+                for image, m, g, *parts in zip(images, masks, geometry, tokens.split(counts),
+                                               categories.split(counts), colours.split(counts), strict=True)]
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
         """Foreground, objects and object tokens of one image [3, S, S] in [0, 1] (S = config.image_size)."""
-        foreground = torch.sigmoid(self.foreground(self.normalise(image[None]))[0])
-        masks = torch.from_numpy(find_objects((foreground > 0.5).cpu().numpy(), self.config.max_objects))
-        features = self.embed_objects(image, masks.to(image.device))
-        features.foreground = foreground
-        return features
+        return self.encode_images(image[None])[0]
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> list[ImageFeatures]:
+        """:meth:`encode_image` of each image of a batch [B, 3, S, S], each network running once for the batch."""
+        foregrounds = torch.sigmoid(self.foreground(self.normalise(images)))
+        masks = [torch.from_numpy(find_objects((f > 0.5).cpu().numpy(), self.config.max_objects)).to(images.device)
+                 for f in foregrounds]
+        found = self.embed_objects_of(list(images), masks)
+        for features, foreground in zip(found, foregrounds, strict=True):
+            features.foreground = foreground
+        return found
 
     def decode(self, objects: list[ImageFeatures], text_tokens: torch.Tensor, text_mask: torch.Tensor,
-               prompts: torch.Tensor, return_attention: bool = False) -> SegmenterOutput:
+               prompts: torch.Tensor, return_attention: bool = False, heads_off: torch.Tensor | None = None
+               ) -> SegmenterOutput:
         """Per-object logits for a batch of queries: ``objects[i]`` are query i's image features (the same
-        object may serve several queries), text_tokens [B, T, 384], text_mask [B, T], prompts [B, P, 3]."""
+        object may serve several queries), text_tokens [B, T, 384], text_mask [B, T], prompts [B, P, 3];
+        ``heads_off`` [B, layers, heads] of :attr:`stack` (1 = off, see :func:`heads_off_mask`) or None."""
         b, d = len(objects), self.config.dim
         n = max(1, max(f.tokens.shape[0] for f in objects))
         tokens = text_tokens.new_zeros((b, n, d))
@@ -423,8 +485,10 @@ class Segmenter(nn.Module):
         words = self.text_proj(text_tokens)
         word_mask = text_mask.bool()
         attention = {"objects_to_words": [], "words_to_objects": []} if return_attention else None
-        for block in self.blocks:
-            objects_in, words = block(objects_in, object_mask, pairs, words, word_mask, attention)
+        per_block = len(ATTENTIONS)
+        for index, block in enumerate(self.blocks):
+            off = None if heads_off is None else heads_off[:, per_block * index:per_block * (index + 1)]
+            objects_in, words = block(objects_in, object_mask, pairs, words, word_mask, attention, off)
         logits = self.referred_head(self.final_norm(objects_in[:, 1:]))[..., 0]
         return SegmenterOutput(logits.masked_fill(~valid, -30.0), valid, attention)
 
