@@ -122,7 +122,6 @@ ACCEPTED = {
     **{(name, "region_mask"): {"missing", *CONVERTED_IMAGES - {"huge", "float"}}
        for name in ("restore", "restore_compare")},
     **{(name, "region"): {"empty", "blank"} for name in ("restore", "restore_compare", "compare_cbm3d")},
-    **{(name, "heads_off"): {"empty", "blank"} for name in ("restore", "restore_compare")},  # no head off
     ("restoration_region", "region_mask"): {"missing"},  # the baseline gives a box already: one region at a time
     ("compare_cbm3d", "image"): CONVERTED_IMAGES - {"huge"},  # CBM3D takes at most 1024² px
     ("compare_cbm3d", "reference"): {"missing"},  # the baseline image is smaller than the odd ones
