@@ -25,6 +25,8 @@ Fashion DiT: class confidence, sharpness, contrast…), **Referring segmentation
 per query kind) and **Restoration** (the restorer's channel-attention heads: PSNR per degradation). Load the atlases
 to compare how specialised the four models' heads are; open a panel to check a head on your own input."""
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 11)
+#: dissociating task pairs listed per model
+SHOWN_PAIRS = 6
 #: what each panel's atlas measures, one line each
 MEASURES = {
     "heads": "Δ loss (nats/token) on each task's target tokens, one head mean-ablated",
@@ -87,7 +89,9 @@ def dissociation_markdown(atlases: dict[str, dict]) -> str:
                 head_b = tuple(int(part) for part in atlas["top"][second][0].split("."))
                 if head_a != head_b and harm_a[head_a] > harm_b[head_a] and harm_b[head_b] > harm_a[head_b]:
                     found.append(f"{first} / {second}")
-        lines.append(f"- **{panel}**: " + (", ".join(found) if found else "none among its tasks' top heads"))
+        shown = ", ".join(found[:SHOWN_PAIRS]) + (f" and {len(found) - SHOWN_PAIRS} more pairs"
+                                                  if len(found) > SHOWN_PAIRS else "")
+        lines.append(f"- **{panel}**: " + (shown if found else "none among its tasks' top heads"))
     return "\n".join(lines)
 
 
@@ -97,8 +101,8 @@ def build(clients: dict[str, Client], tabs: gr.Tabs) -> None:
     explanation("What ablation measures, and what it does not", ABLATION_TEXT)
     load = gr.Button("Load the four head atlases", variant="primary", elem_id="atlas-load")
     status = gr.Markdown(elem_id="atlas-status")
-    distributions = gr.Image(label="Task specificity of every head, per model", type="pil", interactive=False,
-                             elem_id="atlas-specificity")
+    gr.Markdown("**Task specificity of every head, per model** (dotted: the median)")
+    distributions = gr.Image(show_label=False, type="pil", interactive=False, elem_id="atlas-specificity")
     dissociations = gr.Markdown(elem_id="atlas-dissociations")
     cards, links = [], []
     with gr.Row():

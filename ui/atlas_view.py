@@ -19,7 +19,7 @@ ATLAS_CMAP = colormaps["RdBu_r"]
 MISSING = (225, 225, 225)
 SPECIFIC_HEADS = 8
 #: a head counts as task-specific only if it moves some task by at least this share of that task's largest effect
-MIN_EFFECT_SHARE = 0.1
+MIN_EFFECT_SHARE = 0.25
 #: the colour scale ends at this percentile of |relative effect| (larger effects saturate)
 SCALE_PERCENTILE = 99.0
 

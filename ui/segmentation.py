@@ -254,7 +254,7 @@ def build(client: Client, config: PanelConfig) -> None:
         view_after, mask_after, summary = call_backend(client, "segment_view", *args, head)
         overlap = mask_iou(mask_before, mask_after)
         return view_before, view_after, (f"{cell_summary(found, task, head)} On your input, the mask with {head} off "
-                                         f"overlaps the original by IoU {overlap:.2f} (area {summary['area']:.1%}).")
+                                         f"overlaps the original by IoU {overlap:.2f} ({summary['area']:,} px).")
 
     model.change(lambda: (None, None, "", "", None, None), None, [*atlas.outputs, before, after], queue=False)
     for control in (image, expression, points, box, threshold, candidate):  # before/after follow their inputs
