@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = (
     "frontend", "heads", "heads_context", "heads_needles", "heads_scores", "guidance", "guidance_quality",
-    "guidance_atlas", "segmentation", "segmentation_prompts", "restoration", "load", "ray",
+    "guidance_atlas", "head_effects", "segmentation", "segmentation_prompts", "restoration", "load", "ray",
 )
 HEADER = """# HeadLab benchmarks
 

@@ -145,6 +145,8 @@ class AtlasSection:
     image: gr.Image
     specific: gr.Markdown
     clicked: gr.Markdown
+    before: gr.Image | None = None  # the user's result, and the same with the clicked head off
+    after: gr.Image | None = None
 
     @property
     def outputs(self) -> list:
@@ -152,10 +154,11 @@ class AtlasSection:
         return [self.state, self.image, self.specific, self.clicked]
 
 
-def atlas_section(elem_id: str, what: str, teaching: str = ABLATION_TEXT) -> AtlasSection:
+def atlas_section(elem_id: str, what: str, teaching: str = ABLATION_TEXT, result: str = "") -> AtlasSection:
     """The section's header, teaching text, compute button, small multiples and lists (inside the caller's layout).
 
-    ``what`` says in one sentence what the panel's atlas measures.
+    ``what`` says in one sentence what the panel's atlas measures; given ``result`` (e.g. "Your restoration"), the
+    section also holds the before / after images of a clicked head.
     """
     gr.Markdown(f"{what} Click a cell to re-run your current input with that head off (before / after).")
     with gr.Accordion("What ablation measures, and what it does not", open=False):
@@ -164,7 +167,14 @@ def atlas_section(elem_id: str, what: str, teaching: str = ABLATION_TEXT) -> Atl
     image = gr.Image(show_label=False, type="pil", interactive=False, elem_id=f"{elem_id}-grid")
     specific = gr.Markdown(elem_id=f"{elem_id}-specific")
     clicked = gr.Markdown(elem_id=f"{elem_id}-clicked")
-    return AtlasSection(gr.State(None), compute, image, specific, clicked)
+    section = AtlasSection(gr.State(None), compute, image, specific, clicked)
+    if result:
+        with gr.Row():
+            section.before = gr.Image(type="pil", label=result, interactive=False, format="png",
+                                      elem_id=f"{elem_id}-before")
+            section.after = gr.Image(type="pil", label="… with the clicked head off", interactive=False,
+                                     format="png", elem_id=f"{elem_id}-after")
+    return section
 
 
 def show_atlas(atlas: dict) -> tuple:

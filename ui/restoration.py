@@ -203,12 +203,8 @@ def build(client: Client, config: PanelConfig) -> None:
             cbm3d_metrics = gr.Markdown(elem_id="restoration-cbm3d-metrics")
             details = gr.JSON(label="API answer", elem_id="restoration-details")
     with gr.Accordion("Which heads matter here? The head atlas", open=False, elem_id="restoration-atlas"):
-        atlas = atlas_section("restoration-atlas", ATLAS_WHAT)
-        with gr.Row():
-            before = gr.Image(type="pil", label="Your restoration", interactive=False, format="png",
-                              elem_id="restoration-atlas-before")
-            after = gr.Image(type="pil", label="… with the clicked head off", interactive=False, format="png",
-                             elem_id="restoration-atlas-after")
+        atlas = atlas_section("restoration-atlas", ATLAS_WHAT, result="Your restoration")
+        before, after = atlas.before, atlas.after
     explanation("How it works", EXPLANATION)
 
     def understand(img, text, model_id) -> tuple:

@@ -167,12 +167,8 @@ def build(client: Client, config: PanelConfig) -> None:
         heat = gr.Image(type="pil", label="words→objects attention", interactive=False)
         tokens = gr.Markdown()
     with gr.Accordion("Which heads matter here? The head atlas", open=False, elem_id="segmentation-atlas"):
-        atlas = atlas_section("segmentation-atlas", ATLAS_WHAT)
-        with gr.Row():
-            before = gr.Image(type="pil", label="Your segmentation", interactive=False, format="png",
-                              elem_id="segmentation-atlas-before")
-            after = gr.Image(type="pil", label="… with the clicked head off", interactive=False, format="png",
-                             elem_id="segmentation-atlas-after")
+        atlas = atlas_section("segmentation-atlas", ATLAS_WHAT, result="Your segmentation")
+        before, after = atlas.before, atlas.after
     explanation("How it works", EXPLANATION)
 
     def segment(img, text, pts, bx, model_id, thr, cand) -> tuple:
