@@ -20,10 +20,13 @@ HELD_OUT_SEED = 1000
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> GuidanceService:
-    """A CPU service whose atlas cache lives in a fresh folder, so the atlas is computed here."""
+    """A CPU service whose atlas cache lives in a fresh folder and that ignores the shipped atlas, so the atlas is
+    computed here."""
     previous = os.environ.get("HEADLAB_CACHE_DIR")
     os.environ["HEADLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield GuidanceService(device="cpu")
+    service = GuidanceService(device="cpu")
+    service.effects_cache.shipped = None
+    yield service
     if previous is None:
         del os.environ["HEADLAB_CACHE_DIR"]
     else:
@@ -49,6 +52,15 @@ def test_atlas_contract(atlas: dict):
     specificity = np.array(atlas["specificity"])
     assert specificity.shape == (6, 6) and (specificity >= 0).all() and (specificity <= 1).all()
     assert atlas["probe"]["samples"] == 20 and atlas["seconds"] > 0 and not atlas["cached"]
+
+
+def test_the_shipped_atlas_is_what_the_computation_gives(atlas: dict, tmp_path, monkeypatch):
+    """The atlas that ships with the app (read by a service with an empty cache) matches the one computed here."""
+    monkeypatch.setenv("HEADLAB_CACHE_DIR", str(tmp_path))
+    shipped = GuidanceService(device="cpu").call("guidance_head_effects", "", "")
+    assert shipped["cached"]
+    for task in atlas["tasks"]:
+        assert np.allclose(shipped["effects"][task], atlas["effects"][task], atol=2e-3), task
 
 
 def test_atlas_is_cached_in_memory_and_on_disk_and_subsets_tasks(service: GuidanceService, atlas: dict):

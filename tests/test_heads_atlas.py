@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from backends.core.head_rows import head_rows
 from backends.core.heads import harm
 from backends.core.service import ServiceError
 from backends.heads.ablation import next_token_logits
@@ -18,10 +19,11 @@ from backends.heads.effects import (
     _logits_from,
     encode,
     head_means,
-    losses_with_heads_off,
     probe_texts,
     prompt_and_answer,
+    target_loss,
 )
+from backends.heads.models import LanguageModel
 from backends.heads.plan import Ablation, by_layer
 from backends.heads.service import HeadsService
 
@@ -110,6 +112,27 @@ def test_choosing_tasks(service):
     assert narrowed["tasks"] == ["factual", "induction"] and set(narrowed["effects"]) == {"factual", "induction"}
     with pytest.raises(ServiceError, match="'grammar' not available"):
         service.heads_head_effects("", "grammar")
+
+
+def losses_with_heads_off(
+    lm: LanguageModel, probes: list[ProbeText], head_sets: list[list[tuple[int, int]]], means: dict[int, torch.Tensor]
+) -> dict[str, list[float]]:
+    """Each task's mean target loss (nats) with each head set mean-ablated, one whole-model pass per task (for
+    checking atlas entries on other probes)."""
+    rows = head_rows(head_sets, lm.n_layers, lm.n_heads).bool()
+    losses = {}
+    for task in dict.fromkeys(probe.task for probe in probes):
+        group = [probe for probe in probes if probe.task == task]
+        length = max(len(probe.input_ids) for probe in group)
+        ids = torch.tensor([list(p.input_ids) + [0] * (length - len(p.input_ids)) for p in group], device=lm.device)
+        needed = sorted({target - 1 for probe in group for target in probe.targets})
+        plan = lm.plan(ablation=Ablation.rows("mean", rows.repeat_interleave(len(group), dim=0), means))
+        with torch.no_grad():
+            logits = lm.model(ids.repeat(len(head_sets), 1), use_cache=False,
+                              logits_to_keep=torch.tensor(needed, device=lm.device), **plan.kwargs()).logits
+        shaped = logits.float().view(len(head_sets), len(group), len(needed), -1)
+        losses[task] = [round(float(value), 5) for value in target_loss(group, needed, shaped)]
+    return losses
 
 
 def least_harmful(atlas: dict, task: str) -> tuple[int, int]:

@@ -50,5 +50,5 @@ def test_instructir_has_no_heads_to_switch_off(checkpoint: Path):
     for endpoint in ("restore", "restore_compare"):
         with pytest.raises(ServiceError, match="exposes no attention heads to switch off"):
             service.call(endpoint, image, "remove the rain", str(checkpoint), None, "", None, "0.0")
-    with pytest.raises(ServiceError, match="exposes no attention heads; the head atlas needs the embedded model"):
+    with pytest.raises(ServiceError, match="exposes no attention heads to switch off or to map"):
         service.call("restoration_head_effects", str(checkpoint), "")

@@ -63,10 +63,13 @@ def model_markdown(panel: str, atlas: dict) -> str:
              f"{MEASURES.get(panel, '')}.", "", "| task | top heads | worst effect |", "|---|---|---|"]
     for task in atlas["tasks"]:
         top = atlas["top"][task]
+        if not top:
+            lines.append(f"| {task} | no head hurts it alone | — |")
+            continue
         layer, head = (int(part) for part in top[0].split("."))
         worst = atlas["effects"][task][layer][head]
-        where = f" ({layer_names[layer]})" if layer_names else ""
-        lines.append(f"| {task} | {', '.join(top[:3])}{where} | {worst:+.4f} {atlas['metric'][task]} |")
+        first = f"{top[0]} ({layer_names[layer]})" if layer_names else top[0]
+        lines.append(f"| {task} | {', '.join([first, *top[1:3]])} | {worst:+.4f} {atlas['metric'][task]} |")
     specific = most_specific(atlas, 3)
     values = [value for row in atlas["specificity"] for value in row if value is not None]
     lines += ["", f"Median specificity {np.median(values):.2f}; most specific: "
@@ -85,6 +88,8 @@ def dissociation_markdown(atlases: dict[str, dict]) -> str:
         for index, first in enumerate(tasks):
             for second in tasks[index + 1:]:
                 harm_a, harm_b = harm_relative(atlas, first), harm_relative(atlas, second)
+                if not atlas["top"][first] or not atlas["top"][second]:
+                    continue
                 head_a = tuple(int(part) for part in atlas["top"][first][0].split("."))
                 head_b = tuple(int(part) for part in atlas["top"][second][0].split("."))
                 if head_a != head_b and harm_a[head_a] > harm_b[head_a] and harm_b[head_b] > harm_a[head_b]:

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
+from backends.core.heads import harm
+
 #: cell size, room for layer labels, title height, gap between grids, legend height (pixels)
 CELL_W, CELL_H, LABEL_W, TITLE_H, GAP, LEGEND_H = 30, 22, 22, 30, 16, 44
 ATLAS_CMAP = colormaps["RdBu_r"]
@@ -34,12 +36,9 @@ largest effect): 1 = the head matters for one task only, 0 = for all alike."""
 
 
 def harm_relative(atlas: dict, task: str) -> np.ndarray:
-    """The relative effect of each head on ``task`` in %, signed so that positive = the task gets worse (NaN where
-    the stack has no head)."""
-    sign = 1.0 if atlas.get("better", {}).get(task) == "lower" else -1.0
-    values = np.array([[np.nan if value is None else value for value in row] for row in atlas["relative"][task]],
-                      dtype=float)
-    return sign * values
+    """:func:`backends.core.heads.harm` of the relative effects in %, as an array (NaN where the stack has no head)."""
+    return np.array([[np.nan if value is None else value for value in row] for row in harm(atlas, task, "relative")],
+                    dtype=float)
 
 
 def _geometry(atlas: dict) -> tuple[int, int, int]:

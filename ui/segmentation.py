@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from backends.core.client import Client
 from backends.core.config import PanelConfig
+from backends.segmentation.tasks import iou
 from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
@@ -248,7 +249,7 @@ def build(client: Client, config: PanelConfig) -> None:
         args = (img, text or "", pts or "", bx or "", model_id or "", float(thr), CANDIDATES.index(cand) - 1)
         view_before, mask_before, _ = call_backend(client, "segment_view", *args, "")
         view_after, mask_after, summary = call_backend(client, "segment_view", *args, head)
-        overlap = mask_iou(mask_before, mask_after)
+        overlap = iou(np.asarray(mask_before.convert("L")) > 127, np.asarray(mask_after.convert("L")) > 127)
         return view_before, view_after, (f"{cell_summary(found, task, head)} On your input, the mask with {head} off "
                                          f"overlaps the original by IoU {overlap:.2f} ({summary['area']:,} px).")
 
@@ -258,9 +259,3 @@ def build(client: Client, config: PanelConfig) -> None:
     atlas.compute.click(fetch_atlas, model, atlas.outputs, **queue)
     atlas.image.select(pick_cell, [atlas.state, *inputs], [before, after, atlas.clicked], **queue)
 
-
-def mask_iou(first: Image.Image, second: Image.Image) -> float:
-    """Intersection over union of two 0/255 masks (1.0 when both are empty)."""
-    a, b = np.asarray(first.convert("L")) > 127, np.asarray(second.convert("L")) > 127
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0

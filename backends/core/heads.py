@@ -99,15 +99,22 @@ class HeadStack:
         return described
 
 
+def names_no_head(spec: str | None) -> bool:
+    """Whether a head list names no head ("", "none", blank); a :class:`ServiceError` if it is not text at all."""
+    if spec is not None and not isinstance(spec, str):
+        raise ServiceError(f"a head list is text, e.g. '2.1,L3', not {type(spec).__name__}")
+    return (spec or "").strip().lower() in ("", "none")
+
+
 def parse_heads(spec: str, layers: int, heads: int, stack: str = "model") -> list[Head]:
     """The heads a head list names, sorted and without repeats (see the module docstring for the forms).
 
     Raises :class:`ServiceError` for a malformed item or a layer/head outside ``layers`` × ``heads``; the message
     names the valid ranges of ``stack``.
     """
-    text = (spec or "").strip().lower()
-    if text in ("", "none"):
+    if names_no_head(spec):
         return []
+    text = spec.strip().lower()
     if text == "all":
         return HeadStack(stack, layers, heads).all_heads()
     found: set[Head] = set()
@@ -203,14 +210,16 @@ def atlas_result(
     }
 
 
-def harm(atlas: dict, task: str) -> Grid:
-    """How much removing each head hurts ``task`` (its effect, signed so that larger = worse for the task)."""
+def harm(atlas: dict, task: str, field: str = "effects") -> Grid:
+    """How much removing each head hurts ``task``: its ``field`` ("effects" or "relative"), signed so that larger =
+    worse for the task (None where the stack has no head)."""
     sign = 1.0 if atlas.get("better", {}).get(task) == "lower" else -1.0
-    return [[None if value is None else sign * value for value in row] for row in atlas["effects"][task]]
+    return [[None if value is None else sign * value for value in row] for row in atlas[field][task]]
 
 
 def select_tasks(atlas: dict, tasks: Sequence[str]) -> dict:
-    """The atlas restricted to ``tasks``, with their task specificity and each task's top heads (most harmed)."""
+    """The atlas restricted to ``tasks``, with their task specificity and each task's top heads (the heads whose
+    removal hurts it, most first)."""
     tasks = list(tasks)
     effects = {name: atlas["effects"][name] for name in tasks}
     return {
@@ -219,13 +228,16 @@ def select_tasks(atlas: dict, tasks: Sequence[str]) -> dict:
         "baseline": {name: atlas["baseline"][name] for name in tasks}, "effects": effects,
         "relative": {name: atlas["relative"][name] for name in tasks},
         "specificity": task_specificity(effects),
-        "top": {name: top_heads(harm(atlas, name), TOP_K) for name in tasks},
+        "top": {name: top_heads([[value if value is not None and value > 0 else None for value in row]
+                                 for row in harm(atlas, name)], TOP_K) for name in tasks},
     }
 
 
 def choose_tasks(spec: str, available: Sequence[str], model: str) -> list[str]:
     """The tasks a comma-separated ``spec`` names ("" = all of ``available``), without repeats; a
     :class:`ServiceError` names the unknown ones."""
+    if spec is not None and not isinstance(spec, str):
+        raise ServiceError(f"tasks: a comma-separated list of task names, not {type(spec).__name__}")
     chosen = [name.strip() for name in (spec or "").split(",") if name.strip()] or list(available)
     unknown = [name for name in chosen if name not in available]
     if unknown:

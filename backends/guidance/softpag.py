@@ -22,6 +22,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch.nn import functional
 
+from backends.core.head_rows import head_rows
 from backends.core.heads import HeadStack
 
 TARGETS = ("identity", "uniform")
@@ -234,8 +235,4 @@ def install_softpag(transformer: torch.nn.Module, name: str = "transformer") -> 
 
 def strengths_for(head_sets: list[list[tuple[int, int]]], u: float, layers: int, heads: int) -> torch.Tensor:
     """Per-row strengths [len(head_sets), layers, heads]: ``u`` on each row's heads, 0 elsewhere."""
-    strengths = torch.zeros(len(head_sets), layers, heads)
-    for row, pairs in enumerate(head_sets):
-        for layer, head in pairs:
-            strengths[row, layer, head] = u
-    return strengths
+    return head_rows(head_sets, layers, heads, u)

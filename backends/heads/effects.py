@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.functional import cross_entropy
 
+from backends.core.head_rows import head_rows
 from backends.core.heads import HeadStack, atlas_result
 from backends.heads.models import LanguageModel
 from backends.heads.plan import Ablation
@@ -112,8 +113,14 @@ def head_means(lm: LanguageModel, probes: list[ProbeText]) -> dict[int, torch.Te
     return {layer: value / count for layer, value in total.items()}
 
 
+#: model types whose forward is exactly embeddings → decoder layers (one rotary embedding) → norm → lm head
+LAYER_LOOP_TYPES = ("llama",)
+
+
 def _decoder_parts(lm: LanguageModel) -> tuple | None:
-    """(decoder layers, final norm, rotary embedding, lm head) of a Llama-style causal model, else None."""
+    """(decoder layers, final norm, rotary embedding, lm head) of a Llama causal model, else None."""
+    if getattr(lm.model.config, "model_type", None) not in LAYER_LOOP_TYPES:
+        return None
     backbone = getattr(lm.model, "model", None)
     parts = (*(getattr(backbone, name, None) for name in ("layers", "norm", "rotary_emb")),
              getattr(lm.model, "lm_head", None))
@@ -155,46 +162,21 @@ def target_losses(
         with torch.no_grad():
             clean = lm.model(ids, use_cache=False, output_hidden_states=True, **lm.plan().kwargs())
         hidden = list(clean.hidden_states) if _decoder_parts(lm) is not None else None
-        results = [_target_loss(group, needed, clean.logits[:, keep].float()[None])]
+        results = [target_loss(group, needed, clean.logits[:, keep].float()[None])]
         for layer in range(lm.n_layers):
-            rows = torch.zeros(lm.n_heads * len(group), lm.n_layers, lm.n_heads, dtype=torch.bool)
-            for head in range(lm.n_heads):
-                rows[head * len(group):(head + 1) * len(group), layer, head] = True
+            rows = head_rows([[(layer, head)] for head in range(lm.n_heads) for _ in group], lm.n_layers,
+                             lm.n_heads).bool()
             plan = lm.plan(ablation=Ablation.rows("mean", rows, means))
             with torch.no_grad():
                 logits = _logits_from(lm, ids.repeat(lm.n_heads, 1), hidden, layer, plan, keep)
-            results.append(_target_loss(group, needed, logits.float().view(lm.n_heads, len(group), len(needed), -1)))
+            results.append(target_loss(group, needed, logits.float().view(lm.n_heads, len(group), len(needed), -1)))
             if progress is not None:
                 progress(task_index * lm.n_layers + layer + 1, len(tasks) * lm.n_layers, f"{task}: layer {layer}")
         losses[task] = torch.cat(results)
     return losses
 
 
-def losses_with_heads_off(
-    lm: LanguageModel, probes: list[ProbeText], head_sets: list[list[tuple[int, int]]], means: dict[int, torch.Tensor]
-) -> dict[str, list[float]]:
-    """Each task's mean target loss (nats) with each head set mean-ablated, one whole-model pass per task (for
-    checking atlas entries on other probes)."""
-    rows = torch.zeros(len(head_sets), lm.n_layers, lm.n_heads, dtype=torch.bool)
-    for index, heads in enumerate(head_sets):
-        for layer, head in heads:
-            rows[index, layer, head] = True
-    losses = {}
-    for task in dict.fromkeys(probe.task for probe in probes):
-        group = [probe for probe in probes if probe.task == task]
-        length = max(len(probe.input_ids) for probe in group)
-        ids = torch.tensor([list(p.input_ids) + [0] * (length - len(p.input_ids)) for p in group], device=lm.device)
-        needed = sorted({target - 1 for probe in group for target in probe.targets})
-        plan = lm.plan(ablation=Ablation.rows("mean", rows.repeat_interleave(len(group), dim=0), means))
-        with torch.no_grad():
-            logits = lm.model(ids.repeat(len(head_sets), 1), use_cache=False,
-                              logits_to_keep=torch.tensor(needed, device=lm.device), **plan.kwargs()).logits
-        shaped = logits.float().view(len(head_sets), len(group), len(needed), -1)
-        losses[task] = [round(float(value), 5) for value in _target_loss(group, needed, shaped)]
-    return losses
-
-
-def _target_loss(group: list[ProbeText], needed: list[int], logits: torch.Tensor) -> torch.Tensor:
+def target_loss(group: list[ProbeText], needed: list[int], logits: torch.Tensor) -> torch.Tensor:
     """Mean over ``group`` of each probe's target cross-entropy, for every head set: logits ``[S, probes, kept,
     vocab]`` (kept positions = ``needed``) → ``[S]``."""
     column = {position: index for index, position in enumerate(needed)}

@@ -306,7 +306,7 @@ class HeadsService(HeadsAPI, Service):
         figure, layout = render.model_view_figure(thumbnails, lm.heads_per_kv_head, title)
         return figure, layout, window
 
-    # -- head-type scores, ablation lab, generation stepper (issue 3) -------------------------------------------------
+    # -- head-type scores, ablation lab, generation stepper ----------------------------------------------------------
     _probe_scores = ProbeScoreCache()  # probe-based scores depend on the model only: computed once per model
 
     def heads_scores(self, model: str = "", text: str = "", heads_off: str = "") -> dict:
@@ -342,8 +342,8 @@ class HeadsService(HeadsAPI, Service):
         switched_off = head_stack(lm).parse(heads_off)
         if switched_off:
             require_causal(lm)
-        tokenized = tokenize(lm, text)
-        ablation = mean_ablation(lm, tokenized.input_ids.to(lm.device), switched_off)
+        prompt = tokenize(lm, text).input_ids[: max(1, lm.max_tokens - int(n_tokens))]  # what generation sees
+        ablation = mean_ablation(lm, prompt.to(lm.device), switched_off)
         return {**generate_with_attention(lm, text, int(n_tokens), ablation=ablation),
                 "heads_off": format_heads(switched_off)}
 
@@ -359,7 +359,7 @@ def weights_fingerprint(lm: LanguageModel) -> str:
     """A short hash of the model's shape and a sample of its weights (a changed model misses its cached atlas)."""
     digest = hashlib.sha256(f"{lm.n_layers}x{lm.n_heads}".encode())
     for tensor in list(lm.model.state_dict().values())[:: max(1, len(lm.model.state_dict()) // 16)]:
-        digest.update(tensor.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+        digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from backends.core.heads import Head, HeadStack
+from backends.core.head_rows import head_rows
+from backends.core.heads import Head, HeadStack, names_no_head
 from backends.core.service import ServiceError
 from backends.core.text_encoder import MiniLMEncoder
 from backends.restoration.anchors import InstructionAnchors
 from backends.restoration.checkpoint import WEIGHTS_FILE, load_models
-from backends.restoration.model import off_rows
 from backends.restoration.prompts import TASKS
 from backends.restoration.tiling import OVERLAP, TILE, restore_tiled
 
@@ -60,15 +60,16 @@ class RestorerAdapter:
     def parse_heads(self, spec: str) -> list[Head]:
         """The heads a head list names in this model's ``stack``; a :class:`ServiceError` for a bad list, or for any
         head at all when the model has no stack."""
-        if (spec or "").strip().lower() in ("", "none"):
+        if names_no_head(spec):
             return []
         if self.stack is None:
-            raise self._no_stack()
+            raise self.no_stack()
         return self.stack.parse(spec)
 
-    def _no_stack(self) -> ServiceError:
-        return ServiceError(f"heads_off: {self.name} exposes no attention heads to switch off; leave heads_off empty, "
-                            f"or use the embedded model {EMBEDDED_ID!r}")
+    def no_stack(self) -> ServiceError:
+        """The error for asking a model without a head stack about its heads."""
+        return ServiceError(f"{self.name} exposes no attention heads to switch off or to map (heads_off and the head "
+                            f"atlas need the embedded model {EMBEDDED_ID!r}); leave heads_off empty")
 
     def steering(self, prompt: str) -> tuple[torch.Tensor, str | None]:
         """The conditioning vector ``restore`` uses for ``prompt`` and, for models that steer by a training
@@ -101,8 +102,8 @@ class RestorerAdapter:
         off = None
         if heads_off:
             if self.stack is None:
-                raise self._no_stack()
-            off = off_rows([heads_off], self.stack.layers, self.stack.heads).to(self.device)
+                raise self.no_stack()
+            off = head_rows([heads_off], self.stack.layers, self.stack.heads).to(self.device)
 
         def run(part: torch.Tensor) -> torch.Tensor:
             return self.restore_tile(part.to(self.device), embedding, off).clamp(0, 1)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backends.core.head_rows import head_rows
 from backends.core.heads import Head, atlas_result
 from backends.restoration.adapters import ASSETS, EmbeddedRestorer
 from backends.restoration.degrade import degrade
 from backends.restoration.images import HELDOUT_NAMES, load_images
-from backends.restoration.model import Trace, off_rows
+from backends.restoration.model import Trace
 from backends.restoration.prompts import RESTORATION_TASKS, SUGGESTED_PROMPTS
 
 #: bump when the probe or the effect definition changes (cached atlases are then recomputed)
@@ -126,8 +127,8 @@ def score_ablations(restorer: EmbeddedRestorer, probe: Probe, ablations: Sequenc
             for start in range(0, len(indices), per_pass):
                 chunk = indices[start:start + per_pass]
                 rows = [ablations[index] for index in chunk for _ in range(crops)]
-                heads_off = off_rows([row.heads for row in rows], stack.layers, stack.heads).to(restorer.device)
-                prompt_off = off_rows([[(block, 0) for block in row.prompt_layers] for row in rows], stack.layers,
+                heads_off = head_rows([row.heads for row in rows], stack.layers, stack.heads).to(restorer.device)
+                prompt_off = head_rows([[(block, 0) for block in row.prompt_layers] for row in rows], stack.layers,
                                       1)[..., 0].to(restorer.device)
                 out = model.body(_repeat(x, len(chunk)), tuple(_repeat(skip, len(chunk)) for skip in skips),
                                  _repeat(prompt, len(chunk)), heads_off, prompt_off, start=layer)

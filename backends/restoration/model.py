@@ -13,7 +13,6 @@ two prompt modulations are the identity).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -258,15 +257,6 @@ class TextPromptIR(nn.Module):
                 x = self.reduces[level](torch.cat([self.ups[level](x), pending.pop()], dim=1))
             x = run(self.decoders[level], x)
         return run(self.refinement, x)
-
-
-def off_rows(sets: Sequence[Sequence[tuple[int, int]]], layers: int, heads: int) -> torch.Tensor:
-    """A ``heads_off`` tensor [len(sets), layers, heads]: 1 at each row's (layer, head) pairs, 0 elsewhere."""
-    off = torch.zeros(len(sets), layers, heads)
-    for row, pairs in enumerate(sets):
-        for layer, head in pairs:
-            off[row, layer, head] = 1.0
-    return off
 
 
 class PromptClassifier(nn.Module):

@@ -281,8 +281,7 @@ class RestorationService(RestorationAPI, Service):
     def restoration_head_effects(self, model: str = "", tasks: str = "") -> dict:
         restorer = self.model(model)
         if restorer.stack is None:
-            raise ServiceError(f"{restorer.name} exposes no attention heads; the head atlas needs the embedded "
-                               f"model {EMBEDDED_ID!r}")
+            raise restorer.no_stack()
         chosen = choose_tasks(tasks, RESTORATION_TASKS, restorer.name)
         probe = Probe()
         atlas, cached = self.effects_cache.get_or_compute(atlas_key(restorer, probe),

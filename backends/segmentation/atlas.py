@@ -28,8 +28,9 @@ from backends.core.heads import Head, atlas_result
 from backends.core.text_encoder import TextCache, TextEncoding
 from backends.segmentation.data import HELDOUT, HELDOUT_SEED_START, IMAGE_SIZE, Sample, make_scene, scene_samples
 from backends.segmentation.embedded import ASSETS, EmbeddedSegmenter
-from backends.segmentation.evaluate import TEXT_KINDS, iou
+from backends.segmentation.evaluate import TEXT_KINDS
 from backends.segmentation.model import ImageFeatures, candidate_sets, heads_off_mask, set_map
+from backends.segmentation.tasks import iou
 
 #: bump when the probe set or the effect definition changes (cached atlases are then recomputed)
 ATLAS_VERSION = 1

@@ -22,7 +22,7 @@ from backends.core.text_encoder import TextCache
 from backends.segmentation.data import HELDOUT_SEED_START, TEXT_QUERIES, Sample, make_samples
 from backends.segmentation.model import Segmenter, candidate_maps
 from backends.segmentation.outofstyle import out_of_style_samples
-from backends.segmentation.tasks import detect, min_area
+from backends.segmentation.tasks import detect, iou, min_area
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 TEXT_KINDS = tuple(TEXT_QUERIES)
@@ -44,12 +44,6 @@ def heldout_samples(count: int, heldout_wording: bool = False, kinds: tuple[str,
 def _overlap(pred: np.ndarray, target: np.ndarray) -> tuple[int, int]:
     """Intersection and union pixel counts."""
     return int((pred & target).sum()), int((pred | target).sum())
-
-
-def iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1 when both are empty)."""
-    inter, union = _overlap(pred, target)
-    return inter / union if union else 1.0
 
 
 def summarise(records: list[dict]) -> dict:

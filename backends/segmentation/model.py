@@ -38,6 +38,7 @@ from scipy import ndimage
 from torch import nn
 
 from backends.core.fashion_classifier import CLASSIFIER_CONFIG, IMAGE_SIZE, NUM_CLASSES, FashionClassifier
+from backends.core.head_rows import head_rows
 from backends.core.heads import Head, HeadStack
 from backends.segmentation.data import (
     BOX_BOTTOM_RIGHT,
@@ -243,11 +244,7 @@ def head_stack(config: SegmenterConfig, name: str = "fashion-refseg") -> HeadSta
 
 def heads_off_mask(head_sets: list[list[Head]], stack: HeadStack, device: torch.device | str = "cpu") -> torch.Tensor:
     """``decode``'s ``heads_off`` [len(head_sets), layers, heads]: 1 where a row switches a head off."""
-    mask = torch.zeros(len(head_sets), stack.layers, stack.heads)
-    for row, heads in enumerate(head_sets):
-        for layer, head in heads:
-            mask[row, layer, head] = 1.0
-    return mask.to(device)
+    return head_rows(head_sets, stack.layers, stack.heads).to(device)
 
 
 class Attention(nn.Module):
@@ -398,11 +395,6 @@ class Segmenter(nn.Module):
         self.referred_head = _mlp(d, d, 1)
         self.register_buffer("pixel_mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
-
-    @property
-    def stack(self) -> HeadStack:
-        """The fusion's attention heads (see :func:`head_stack`)."""
-        return head_stack(self.config)
 
     def train(self, mode: bool = True) -> Segmenter:
         """Like nn.Module.train, but the frozen Fashion-MNIST classifier always stays in eval mode (no dropout)."""

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from backends.core.cache import LRUCache
-from backends.core.heads import EffectsCache, Head, choose_tasks, format_heads, select_tasks
+from backends.core.heads import EffectsCache, Head, choose_tasks, format_heads, names_no_head, select_tasks
 from backends.core.images import MAX_SIDE as MAX_SIDE  # the panel's limit, re-exported
 from backends.core.images import prepare_image, to_pil
 from backends.core.service import Service, ServiceError
@@ -69,7 +69,7 @@ class SegmentationService(SegmentationAPI, Service):
 
     def _heads_off(self, model: str, heads_off: str) -> list[Head]:
         """The fusion heads ``heads_off`` names, parsed before any model work (none for "" or "none")."""
-        if (heads_off or "").strip().lower() in ("", "none"):
+        if names_no_head(heads_off):
             return []
         return self._embedded(model, "heads_off").stack.parse(heads_off)
 

@@ -81,3 +81,9 @@ def presence_score(probability: np.ndarray, threshold: float = 0.5) -> float:
     region = probability > threshold
     mean = float(probability[region].mean()) if region.sum() >= min_area(probability.shape) else 0.0
     return 0.5 * float(probability.max()) + 0.5 * mean
+
+
+def iou(pred: np.ndarray, target: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
+    union = int((pred | target).sum())
+    return int((pred & target).sum()) / union if union else 1.0
