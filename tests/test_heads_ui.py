@@ -74,7 +74,7 @@ def test_the_picked_head_is_outlined_and_layers_are_always_columns():
 @pytest.mark.browser
 def test_heads_tab_in_chromium(page):
     """Analyze in the real app: the model view and heatmap appear, a click picks a head, bad input shows an error."""
-    page.get_by_role("tab", name="Heads").click()
+    page.get_by_role("tab", name="Heads", exact=True).click()
     text = page.get_by_label("Text", exact=True).first
     text.fill("The cat sat on the mat. The cat sat on the mat.")
     page.get_by_role("button", name="Analyze").click()

@@ -9,6 +9,7 @@ dequantizes it on the first load (slow), so the dequantized weights are cached a
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -71,6 +72,15 @@ class LanguageModel:
     def attention_modules(self) -> list[torch.nn.Module]:
         """The self-attention modules in layer order."""
         return _attention_modules(self.model)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of every weight (a changed model misses results cached for the old one)."""
+        digest = hashlib.blake2b(digest_size=8)
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @cached_property
     def layer_of_module(self) -> dict[int, int]:

@@ -10,7 +10,6 @@ that window, at full resolution up to 256 tokens a side; the rollout and bertviz
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import threading
 import time
@@ -42,7 +41,13 @@ from backends.heads.attention import (
 )
 from backends.heads.effects import ATLAS_VERSION, TASKS, compute_head_effects, head_stack
 from backends.heads.generation import generate_with_attention
-from backends.heads.models import EMBEDDED_MODELS, SMOLLM2, LanguageModel, load_language_model
+from backends.heads.models import (
+    DEFAULT_TOKEN_LIMIT,
+    EMBEDDED_MODELS,
+    SMOLLM2,
+    LanguageModel,
+    load_language_model,
+)
 from backends.heads.needles import NeedleCache, NeedleSetup
 from backends.heads.plan import Ablation, by_layer
 from backends.heads.scores import ProbeScoreCache, TextScores, head_scores
@@ -90,15 +95,16 @@ class HeadsService(HeadsAPI, Service):
     known_models = EMBEDDED_MODELS
     max_cached_analyses = 4
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, token_limit: int = DEFAULT_TOKEN_LIMIT):
         super().__init__(device)
+        self.token_limit = token_limit
         self._analyses: OrderedDict[tuple[str, str], Analysis] = OrderedDict()
         self._analysis_lock = threading.Lock()
         self.effects_cache = EffectsCache(self.panel, SHIPPED_ATLASES)
 
     def load_model(self, model_id: str) -> LanguageModel:
-        """SmolLM2, MiniLM or a hub model, with eager attention on this service's device."""
-        return load_language_model(model_id, device=self.device, dtype=self.dtype)
+        """SmolLM2, MiniLM or a hub model on this service's device, analysing at most ``token_limit`` tokens."""
+        return load_language_model(model_id, device=self.device, dtype=self.dtype, token_limit=self.token_limit)
 
     # -- endpoints ----------------------------------------------------------------------------------------------------
     def heads_analyze(self, model: str = "", text: str = "", heads_off: str = "") -> dict:
@@ -333,7 +339,7 @@ class HeadsService(HeadsAPI, Service):
         lm = self.model(model)
         require_causal(lm)
         chosen = choose_tasks(tasks, TASKS, lm.model_id)
-        key = f"{lm.model_id}-{weights_fingerprint(lm)}-v{ATLAS_VERSION}"
+        key = f"{lm.model_id}-{lm.fingerprint}-v{ATLAS_VERSION}"
         atlas, cached = self.effects_cache.get_or_compute(key, lambda: compute_head_effects(lm))
         return {**select_tasks(atlas, chosen), "cached": cached}
 
@@ -353,14 +359,6 @@ def mean_ablation(lm: LanguageModel, input_ids: torch.Tensor, heads: list[Head])
     if not heads:
         return None
     return Ablation("mean", by_layer(heads), mean_outputs(lm, input_ids[: lm.max_tokens], heads))
-
-
-def weights_fingerprint(lm: LanguageModel) -> str:
-    """A short hash of the model's shape and a sample of its weights (a changed model misses its cached atlas)."""
-    digest = hashlib.sha256(f"{lm.n_layers}x{lm.n_heads}".encode())
-    for tensor in list(lm.model.state_dict().values())[:: max(1, len(lm.model.state_dict()) // 16)]:
-        digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def flag(name: str, value: int) -> bool:
