@@ -3,8 +3,6 @@ ablations (``heads_off``) — all offline on the CPU."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -19,18 +17,12 @@ HELD_OUT_SEED = 1000
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> GuidanceService:
+def service(empty_cache) -> GuidanceService:
     """A CPU service whose atlas cache lives in a fresh folder and that ignores the shipped atlas, so the atlas is
     computed here."""
-    previous = os.environ.get("HEADLAB_CACHE_DIR")
-    os.environ["HEADLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     service = GuidanceService(device="cpu")
     service.effects_cache.shipped = None
-    yield service
-    if previous is None:
-        del os.environ["HEADLAB_CACHE_DIR"]
-    else:
-        os.environ["HEADLAB_CACHE_DIR"] = previous
+    return service
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ ablations (other crops and seeds of the held-out photos) — all offline on the 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,15 +29,9 @@ ATLAS_FIELDS = {"model", "stack", "layers", "heads", "heads_per_layer", "tasks",
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> RestorationService:
+def service(empty_cache) -> RestorationService:
     """A CPU service whose atlas cache is a fresh folder: the atlas can only come from the shipped file."""
-    previous = os.environ.get("HEADLAB_CACHE_DIR")
-    os.environ["HEADLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield RestorationService(device="cpu")
-    if previous is None:
-        del os.environ["HEADLAB_CACHE_DIR"]
-    else:
-        os.environ["HEADLAB_CACHE_DIR"] = previous
+    return RestorationService(device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ shipped head atlas — its contract, and that it predicts ablations on held-out 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,15 +39,9 @@ VOLATILE = ("seconds", "feature_cache_hit", "answer_cache_hit")
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> SegmentationService:
+def service(empty_cache) -> SegmentationService:
     """A CPU service with an empty atlas cache folder, so the atlas comes from the shipped file."""
-    previous = os.environ.get("HEADLAB_CACHE_DIR")
-    os.environ["HEADLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield SegmentationService(device="cpu")
-    if previous is None:
-        del os.environ["HEADLAB_CACHE_DIR"]
-    else:
-        os.environ["HEADLAB_CACHE_DIR"] = previous
+    return SegmentationService(device="cpu")
 
 
 @pytest.fixture(scope="module")

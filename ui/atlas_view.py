@@ -176,6 +176,15 @@ def atlas_section(elem_id: str, what: str, teaching: str = ABLATION_TEXT, result
     return section
 
 
+def clicked_head(atlas: dict | None, event: gr.SelectData, user_input: object) -> tuple[str, str] | None:
+    """(task, "layer.head") of the clicked atlas cell (None off the cells or before an atlas is shown); a
+    ``gr.Error`` when there is no ``user_input`` to switch the head off on."""
+    cell = atlas_cell(atlas, *event.index) if atlas else None
+    if cell is not None and user_input is None:
+        raise gr.Error("Upload an image or pick an example first: the head is switched off on your input.")
+    return cell
+
+
 def show_atlas(atlas: dict) -> tuple:
     """The section's outputs for a fetched atlas."""
     return atlas, atlas_image(atlas), specific_heads_markdown(atlas), ""

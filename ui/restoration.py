@@ -19,7 +19,7 @@ import gradio as gr
 from backends.core.client import Client
 from backends.core.config import PanelConfig
 from backends.core.service import ServiceError
-from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
+from ui.atlas_view import atlas_section, cell_summary, clicked_head, show_atlas
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
 POLL_SECONDS = 0.5
@@ -261,11 +261,9 @@ def build(client: Client, config: PanelConfig) -> None:
         return show_atlas(call_backend(client, "restoration_head_effects", model_id or "", ""))
 
     def pick_cell(found: dict | None, img, text, model_id, ref, where, mask, event: gr.SelectData) -> tuple:
-        cell = atlas_cell(found, *event.index) if found else None
+        cell = clicked_head(found, event, img)
         if cell is None:
             return gr.skip(), gr.skip(), gr.skip()
-        if img is None:
-            raise gr.Error("Upload an image or pick an example first: the head is switched off on your input.")
         task, head = cell
         args = (img, text or "", model_id or "", ref, where or "", mask)
         restored_before, summary_before = call_backend(client, "restore", *args, "")

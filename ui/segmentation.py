@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from backends.core.client import Client
 from backends.core.config import PanelConfig
 from backends.segmentation.tasks import iou
-from ui.atlas_view import atlas_cell, atlas_section, cell_summary, show_atlas
+from ui.atlas_view import atlas_section, cell_summary, clicked_head, show_atlas
 from ui.common import call_backend, explanation, model_choices, queue_settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "segmentation" / "examples"
@@ -240,11 +240,9 @@ def build(client: Client, config: PanelConfig) -> None:
         return show_atlas(call_backend(client, "segmentation_head_effects", model_id or "", ""))
 
     def pick_cell(found: dict | None, img, text, pts, bx, model_id, thr, cand, event: gr.SelectData) -> tuple:
-        cell = atlas_cell(found, *event.index) if found else None
+        cell = clicked_head(found, event, img)
         if cell is None:
             return gr.skip(), gr.skip(), gr.skip()
-        if img is None:
-            raise gr.Error("Upload an image or pick an example first: the head is switched off on your input.")
         task, head = cell
         args = (img, text or "", pts or "", bx or "", model_id or "", float(thr), CANDIDATES.index(cand) - 1)
         view_before, mask_before, _ = call_backend(client, "segment_view", *args, "")
