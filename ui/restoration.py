@@ -220,9 +220,11 @@ def build(client: Client, config: PanelConfig) -> None:
                 trigger_mode="always_last", show_progress="hidden", **queue)
 
     use_suggestion.click(lambda text: text or gr.skip(), suggestion, prompt, queue=False)
-    results = [comparison, baseline, metrics, details, cbm3d, cbm3d_metrics]
+    # every result, the head atlas's before / after included, follows its inputs
+    results = [comparison, baseline, metrics, details, cbm3d, cbm3d_metrics, before, after, atlas.clicked]
     for changed in (image.change, prompt.change, reference.change, region.change, region_mask.change):
-        changed(lambda: (None, None, "", None, None, ""), None, results, queue=False, show_progress="hidden")
+        changed(lambda: (None, None, "", None, None, "", None, None, ""), None, results, queue=False,
+                show_progress="hidden")
     for changed in (image.change, region.change, region_mask.change):
         changed(lambda: None, None, region_view, queue=False, show_progress="hidden")
 
@@ -275,8 +277,6 @@ def build(client: Client, config: PanelConfig) -> None:
         return restored_before, restored_after, f"{cell_summary(found, task, head)}{scores}"
 
     model.change(lambda: (None, None, "", "", None, None), None, [*atlas.outputs, before, after], queue=False)
-    for changed in (image.change, prompt.change, reference.change, region.change, region_mask.change):
-        changed(lambda: (None, None, ""), None, [before, after, atlas.clicked], queue=False, show_progress="hidden")
     atlas.compute.click(fetch_atlas, model, atlas.outputs, **queue)
     atlas.image.select(pick_cell, [atlas.state, image, prompt, model, reference, region, region_mask],
                        [before, after, atlas.clicked], **queue)

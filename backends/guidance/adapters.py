@@ -7,6 +7,7 @@ One small interface for the embedded Fashion-MNIST DiT and the hub models (DiT-X
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,11 @@ class EmbeddedDiT(GuidedModel):
         return cls(load_dit(weights), load_classifier(folder / "classifier.safetensors"), device, dtype, weights)
 
     def fingerprint(self) -> str:
-        """The name, the DiT weights file's size and modification time, and the dtype."""
+        """The name, the first 16 hex digits of the DiT weights file's SHA-256, and the dtype."""
         if self.weights_file is None:
             return self.name
-        stat = self.weights_file.stat()
-        return f"{self.name}-{stat.st_size}-{int(stat.st_mtime)}-{str(self.dtype).removeprefix('torch.')}"
+        digest = hashlib.sha256(self.weights_file.read_bytes()).hexdigest()[:16]
+        return f"{self.name}-{digest}-{str(self.dtype).removeprefix('torch.')}"
 
     def test_features(self) -> np.ndarray:
         """Classifier features of the Fashion-MNIST test set (computed once), the reference of ``frechet``."""
