@@ -128,6 +128,7 @@ class EmbeddedDiT(GuidedModel):
         weights_file: Path | None = None,
     ):
         self.weights_file = weights_file
+        self._weights_digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:16] if weights_file else None
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         super().__init__(dit, scheduler, device, dtype)
         self.classifier = classifier.to(self.device).eval()
@@ -144,10 +145,9 @@ class EmbeddedDiT(GuidedModel):
 
     def fingerprint(self) -> str:
         """The name, the first 16 hex digits of the DiT weights file's SHA-256, and the dtype."""
-        if self.weights_file is None:
+        if self._weights_digest is None:
             return self.name
-        digest = hashlib.sha256(self.weights_file.read_bytes()).hexdigest()[:16]
-        return f"{self.name}-{digest}-{str(self.dtype).removeprefix('torch.')}"
+        return f"{self.name}-{self._weights_digest}-{str(self.dtype).removeprefix('torch.')}"
 
     def test_features(self) -> np.ndarray:
         """Classifier features of the Fashion-MNIST test set (computed once), the reference of ``frechet``."""
