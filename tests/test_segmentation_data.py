@@ -15,7 +15,7 @@ from backends.segmentation.data import (
     WORDINGS,
     make_samples,
 )
-from backends.segmentation.outofstyle import out_of_style_samples
+from backends.segmentation.outofstyle import SCENE_STYLES, out_of_style_samples
 
 TRAIN_SEEDS = range(0, 240)
 
@@ -131,11 +131,13 @@ def test_colour_queries_never_name_uncoloured_items(train_samples):
             assert all(it.colour != NO_COLOUR for it in sample.items if (it.mask & sample.mask).any())
 
 
-def test_out_of_style_set_is_deterministic_and_consistent():
-    first, again = out_of_style_samples(40), out_of_style_samples(40)
+@pytest.mark.parametrize("style", SCENE_STYLES)
+def test_out_of_style_sets_are_deterministic_and_consistent(style):
+    first, again = out_of_style_samples(40, style=style), out_of_style_samples(40, style=style)
     assert all(np.array_equal(a.image, b.image) and a.expression == b.expression for a, b in zip(first, again,
                                                                                                strict=True))
     for sample in first:
         union = np.logical_or.reduce([it.mask for it in sample.items])
         assert not (sample.mask & ~union).any() and sample.expression
         assert (sample.count == 0) == (not sample.mask.any())
+

@@ -3,8 +3,9 @@
 Each query runs end to end (foreground, objects, fusion). Held-out scenes come from seeds ≥ HELDOUT_SEED_START
 and Fashion-MNIST's test split, never seen in training.
 Sets: "heldout_scenes" (text queries with training wordings), "heldout_wordings" (held-out templates and
-synonyms), "prompts" (clicks and boxes only) and "out_of_style" (text queries on scenes drawn by the hand-coded
-rules of ``outofstyle``, a style the generator never produces).
+synonyms), "prompts" (clicks and boxes only), and "out_of_style" and "out_of_style_engraved" (text queries on
+scenes drawn by the hand-coded rules of ``outofstyle`` in its cartoon and engraved styles, which the generator never
+produces).
 Metrics: mIoU, oIoU, Pr@0.5…0.9 and oracle mIoU (best of the three
 candidates) over queries whose referent is present; empty-mask rate over queries about absent objects; counting
 accuracy over plural queries (count of detections from tasks.detect vs the number of referred items).
@@ -21,7 +22,7 @@ import torch
 from backends.core.text_encoder import TextCache
 from backends.segmentation.data import HELDOUT_SEED_START, TEXT_QUERIES, Sample, make_samples
 from backends.segmentation.model import Segmenter, candidate_maps
-from backends.segmentation.outofstyle import out_of_style_samples
+from backends.segmentation.outofstyle import SCENE_STYLES, out_of_style_samples
 from backends.segmentation.tasks import detect, iou, min_area
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -31,7 +32,8 @@ EVAL_SETS = {  # name → (share of the samples, held-out wording, query kinds, 
     "heldout_wordings": (0.25, True, TEXT_KINDS, 10_000_000),
     "prompts": (0.15, False, ("points", "box"), 20_000_000),
 }
-OUT_OF_STYLE_SHARE = 0.3
+OUT_OF_STYLE_SHARE = 0.3  # of the total, for each out-of-style set
+OUT_OF_STYLE_SETS = {"cartoon": "out_of_style", "engraved": "out_of_style_engraved"}  # scene style → set name
 
 
 def heldout_samples(count: int, heldout_wording: bool = False, kinds: tuple[str, ...] | None = None,
@@ -100,12 +102,14 @@ def evaluate_samples(model: Segmenter, texts: TextCache, samples: list[Sample]) 
 
 def evaluate_heldout(model: Segmenter, texts: TextCache, total: int = 1500) -> dict:
     """Metrics on each held-out set (sizes split by EVAL_SETS shares, plus OUT_OF_STYLE_SHARE of ``total``
-    out-of-style queries) and the evaluation wall time."""
+    queries in each out-of-style set) and the evaluation wall time."""
     started = time.time()
     results = {}
     for name, (share, heldout_wording, kinds, offset) in EVAL_SETS.items():
         samples = heldout_samples(max(1, int(total * share)), heldout_wording, kinds, offset)
         results[name] = evaluate_samples(model, texts, samples)
-    results["out_of_style"] = evaluate_samples(model, texts, out_of_style_samples(int(total * OUT_OF_STYLE_SHARE)))
+    for style in SCENE_STYLES:
+        samples = out_of_style_samples(int(total * OUT_OF_STYLE_SHARE), style=style)
+        results[OUT_OF_STYLE_SETS[style]] = evaluate_samples(model, texts, samples)
     results["eval_seconds"] = round(time.time() - started, 1)
     return results

@@ -1,15 +1,19 @@
-"""A held-out evaluation set drawn in a style the training generator never produces (never used in training).
+"""Held-out evaluation sets drawn in styles the training generator never produces (never used in training).
 
-The same item categories, colours and query wordings as the generator, but drawn by other hand-coded rules:
-checkerboard, polka-dot and radial-vignette backgrounds; items as flat cartoon fills with a dark outline, as flat
-fills with a drop shadow (the shadow is not part of the item), as blocky pixel art (drawn at a third of the size
-and enlarged without smoothing) or as plain flat fills; and, for some scenes, the whole picture blurred or
-JPEG-compressed. Items are Fashion-MNIST *test* images and the shapes, 20–56 px on 128 px scenes.
+The same item categories, colours and query wordings as the generator, but drawn by other hand-coded rules.
+*Cartoon* scenes: checkerboard, polka-dot and radial-vignette backgrounds; items as flat cartoon fills with a dark
+outline, as flat fills with a drop shadow (the shadow is not part of the item), as blocky pixel art (drawn at a third
+of the size and enlarged without smoothing) or as plain flat fills; and, for some scenes, the whole picture blurred or
+JPEG-compressed. *Engraved* scenes: concentric-ring, fine-hatching and two-tone split backgrounds; items as their
+silhouette filled with a colour gradient, with diagonal hatching over a pale tint or embossed (lit and dark rims);
+the whole picture under a gamma of 0.6–1.6 and a slight colour cast. Items are Fashion-MNIST *test* images and the
+shapes, 20–56 px on 128 px scenes.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -79,51 +83,143 @@ def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray) -> str:
     return colour
 
 
-def out_of_style_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Item]]:
-    """One scene of 1–5 items drawn by the rules above."""
-    canvas = _background(rng, size)
+Painter = Callable[[np.random.Generator, np.ndarray, int, int, int, int, int], tuple[np.ndarray, str] | None]
+
+
+def _compose(rng: np.random.Generator, size: int, background: Callable[[np.random.Generator, int], np.ndarray],
+             paint: Painter, variants: int, finish: Callable[[np.random.Generator, Image.Image], Image.Image]
+             ) -> tuple[np.ndarray, list[Item]]:
+    """1–5 items placed apart on ``background``: ``paint(rng, canvas, category, variant, side, x0, y0)`` draws
+    one item (``variant`` < ``variants`` picks its drawing style) into the canvas and returns its mask [s, s] and
+    colour (None: nothing drawn); ``finish`` treats the whole picture."""
+    canvas = background(rng, size)
     occupied = np.zeros((size, size), bool)
     items: list[Item] = []
     for _ in range(int(rng.integers(1, 6))):
         category = int(rng.integers(len(CATEGORIES)))
-        style = ITEM_STYLES[int(rng.integers(len(ITEM_STYLES)))]
+        variant = int(rng.integers(variants))
         side = int(rng.integers(*SIDES) * size / IMAGE_SIZE)
         x0, y0 = (int(v) for v in rng.integers(1, size - side - 4, 2))
         if occupied[max(0, y0 - GAP):y0 + side + GAP + 4, max(0, x0 - GAP):x0 + side + GAP + 4].any():
             continue
-        shade, local = _draw_item(rng, category, side, style)
-        if not local.any():
+        drawn = paint(rng, canvas, category, variant, side, x0, y0)
+        if drawn is None:
             continue
+        local, colour = drawn
         full = np.zeros((size, size), bool)
         full[y0:y0 + side, x0:x0 + side] = local
-        colour = _contrasting_colour(rng, canvas[full].mean(0))
-        rgb = np.clip(np.array(COLOURS[colour][0], np.float32) + rng.normal(0, 10, 3), 0, 255)
-        if style == "shadow":
-            shadow = np.zeros((size, size), bool)
-            shadow[y0 + 3:y0 + side + 3, x0 + 3:x0 + side + 3] = local
-            canvas[shadow] *= 0.45
-        canvas[full] = shade[local, None] * rgb
         occupied |= ndimage.binary_dilation(full, iterations=3)
         ys, xs = np.nonzero(local)
         box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
         items.append(Item(category, colour, "medium", box, full))
     if not items:
-        return out_of_style_scene(rng, size)
-    picture = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+        return _compose(rng, size, background, paint, variants, finish)
+    picture = finish(rng, Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)))
+    return np.asarray(picture, np.uint8).copy(), items
+
+
+def _paint_cartoon(rng: np.random.Generator, canvas: np.ndarray, category: int, variant: int, side: int, x0: int,
+                   y0: int) -> tuple[np.ndarray, str] | None:
+    """An item as a cartoon fill with an outline, with a drop shadow, as pixel art or as a flat fill."""
+    style = ITEM_STYLES[variant]
+    shade, local = _draw_item(rng, category, side, style)
+    if not local.any():
+        return None
+    window = canvas[y0:y0 + side, x0:x0 + side]
+    colour = _contrasting_colour(rng, window[local].mean(0))
+    rgb = np.clip(np.array(COLOURS[colour][0], np.float32) + rng.normal(0, 10, 3), 0, 255)
+    if style == "shadow":
+        canvas[y0 + 3:y0 + side + 3, x0 + 3:x0 + side + 3][local] *= 0.45
+    window[local] = shade[local, None] * rgb
+    return local, colour
+
+
+def _blur_or_jpeg(rng: np.random.Generator, picture: Image.Image) -> Image.Image:
+    """The picture blurred and/or JPEG-compressed, each for 40 % of the scenes."""
     if rng.random() < 0.4:
         picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.0)))
     if rng.random() < 0.4:
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=int(rng.integers(25, 50)))
         picture = Image.open(buffer).convert("RGB")
-    return np.asarray(picture, np.uint8).copy(), items
+    return picture
 
 
-def out_of_style_samples(count: int, kinds: tuple[str, ...] = tuple(TEXT_QUERIES)) -> list[Sample]:
-    """``count`` deterministic samples (one query per scene; text queries unless ``kinds`` says otherwise)."""
+def out_of_style_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Item]]:
+    """One cartoon-style scene (see the module docstring)."""
+    return _compose(rng, size, _background, _paint_cartoon, len(ITEM_STYLES), _blur_or_jpeg)
+
+
+def _engraved_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Concentric rings, fine diagonal hatching or two tones split along a random line, as float32 [S, S, 3]."""
+    first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    second = first + (second - first) * rng.uniform(0.2, 0.6)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    style = int(rng.integers(3))
+    if style == 0:
+        cy, cx = rng.uniform(0, 1, 2) * size
+        t = (np.hypot(yy - cy, xx - cx) // rng.uniform(4, 12) % 2).astype(np.float32)
+    elif style == 1:
+        period = rng.uniform(3, 7)
+        t = ((xx + yy * rng.choice([-1, 1])) % period < 1.2).astype(np.float32)
+    else:
+        angle = rng.uniform(0, np.pi)
+        t = (np.cos(angle) * (xx - size / 2) + np.sin(angle) * (yy - size / 2) > 0).astype(np.float32)
+    return (first + (second - first) * t[..., None]).astype(np.float32)
+
+
+def _paint_engraved(rng: np.random.Generator, canvas: np.ndarray, category: int, variant: int, side: int, x0: int,
+                    y0: int) -> tuple[np.ndarray, str] | None:
+    """An item's silhouette filled with its colour as a linear gradient to a darker tone, as diagonal hatching
+    over a pale tint, or embossed (a lit upper-left rim and a dark lower-right rim)."""
+    _, local = _draw_item(rng, category, side, "flat")
+    if not local.any():
+        return None
+    window = canvas[y0:y0 + side, x0:x0 + side]
+    colour = _contrasting_colour(rng, window[local].mean(0))
+    rgb = np.array(COLOURS[colour][0], np.float32)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    if variant == 0:
+        angle = rng.uniform(0, 2 * np.pi)
+        t = np.clip(0.5 + (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)), 0, 1)
+        paint = rgb * (1 - 0.45 * t[..., None])
+    elif variant == 1:
+        stripes = ((xx - yy) * side % rng.uniform(3, 6) < 1.5)[..., None]
+        paint = np.where(stripes, rgb * 0.7, 0.55 * rgb + 0.45 * 255)
+    else:
+        inner = ndimage.binary_erosion(local, iterations=2)
+        lit = local & ~ndimage.shift(inner, (2, 2), order=0)
+        dark = local & ~ndimage.shift(inner, (-2, -2), order=0)
+        paint = np.broadcast_to(rgb, (side, side, 3)).copy()
+        paint[lit] = np.minimum(rgb * 1.3 + 30, 255)
+        paint[dark & ~lit] = rgb * 0.5
+    window[local] = paint[local]
+    return local, colour
+
+
+def _gamma(rng: np.random.Generator, picture: Image.Image) -> Image.Image:
+    """The picture with a gamma between 0.6 and 1.6 and a slight colour cast."""
+    pixels = np.asarray(picture, np.float32) / 255
+    cast = rng.uniform(0.9, 1.1, 3)
+    return Image.fromarray(np.clip(255 * pixels ** rng.uniform(0.6, 1.6) * cast, 0, 255).astype(np.uint8))
+
+
+def engraved_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Item]]:
+    """One engraved-style scene (see the module docstring)."""
+    return _compose(rng, size, _engraved_background, _paint_engraved, 3, _gamma)
+
+
+SCENE_STYLES = {"cartoon": (out_of_style_scene, SEED), "engraved": (engraved_scene, SEED + 1)}
+
+
+def out_of_style_samples(count: int, kinds: tuple[str, ...] = tuple(TEXT_QUERIES), style: str = "cartoon"
+                         ) -> list[Sample]:
+    """``count`` deterministic samples of one of SCENE_STYLES (one query per scene; text queries unless ``kinds``
+    says otherwise)."""
+    scene, seed = SCENE_STYLES[style]
     samples = []
     for index in range(count):
-        rng = np.random.default_rng([SEED, index])
-        image, items = out_of_style_scene(rng)
+        rng = np.random.default_rng([seed, index])
+        image, items = scene(rng)
         samples += scene_samples(image, items, rng, 1, kinds=kinds)
     return samples
