@@ -95,9 +95,8 @@ def markdown(timings: dict, quality: dict, meta: dict, threads: int, frozen: int
         "",
         "**Quality** on held-out generated scenes (seeds ≥ 2·10⁹, Fashion-MNIST test items) and on out-of-style "
         "scenes drawn by the hand-coded rules of `backends/segmentation/outofstyle.py` (cartoon and engraved styles, "
-        "never trained on); the "
-        "candidate with the highest score — the probability of its set of objects — is the answer; Pr@t = share of "
-        "queries with IoU > t:",
+        "never trained on); the candidate with the highest score — the probability of its set of objects — is the "
+        "answer; Pr@t = share of queries with IoU > t:",
         "",
         "| set | queries | mIoU | oIoU | Pr@0.5 | Pr@0.7 | Pr@0.9 | oracle mIoU | counting acc. | empty-mask rate |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -140,4 +140,3 @@ def test_out_of_style_sets_are_deterministic_and_consistent(style):
         union = np.logical_or.reduce([it.mask for it in sample.items])
         assert not (sample.mask & ~union).any() and sample.expression
         assert (sample.count == 0) == (not sample.mask.any())
-
