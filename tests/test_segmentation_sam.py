@@ -1,7 +1,4 @@
-"""SAM from the user's ``segment_anything`` package, SAM 2.1 and SAM 3 from transformers, on tiny random models.
-
-``segment_anything`` and the SAM 2 / SAM 3 image processors import torchvision; where no torchvision build matching
-the installed torch exists, those tests are skipped (the id checks still run)."""
+"""SAM from the user's ``segment_anything`` package, SAM 2.1 and SAM 3 from transformers, on tiny random models."""
 
 from __future__ import annotations
 
@@ -14,13 +11,6 @@ from backends.core.service import ServiceError
 from backends.segmentation.hub import CHECKPOINT_ENV, HubSegmenter, SegmentAnythingSam, TransformersSam, load_hub_model
 from backends.segmentation.query import Query
 from backends.segmentation.service import SegmentationService
-
-
-def _needs_torchvision() -> None:
-    try:
-        import torchvision  # noqa: F401
-    except (ImportError, RuntimeError) as error:
-        pytest.skip(f"torchvision is not usable with this torch build ({error})")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +33,6 @@ def test_segment_anything_ids_are_checked_before_loading(monkeypatch: pytest.Mon
 def test_segment_anything_predictor_on_a_tiny_sam(photo: Image.Image):
     """A tiny SAM built from segment_anything's own modeling classes: points, a box, three masks, and the image
     embedding computed once (set_image) for repeated queries."""
-    _needs_torchvision()
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     torch.manual_seed(0)
@@ -76,9 +65,9 @@ def _tiny_sam2(folder) -> str:
     )
 
     torch.manual_seed(0)
-    backbone = Sam2HieraDetConfig(hidden_size=12, image_size=128, blocks_per_stage=[1, 1, 1, 1],
+    backbone = Sam2HieraDetConfig(hidden_size=12, image_size=128, blocks_per_stage=[1, 1, 2, 1],
                                   embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1, 1, 2, 2],
-                                  global_attention_blocks=[2], window_size_per_stage=[4, 4, 4, 4])
+                                  global_attention_blocks=[3], window_size_per_stage=[4, 4, 4, 4])
     vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[96, 48, 24, 12],
                               backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=32)
     config = Sam2Config(vision_config=vision, prompt_encoder_config=dict(hidden_size=32, image_size=128, patch_size=16),
@@ -91,7 +80,6 @@ def _tiny_sam2(folder) -> str:
 
 
 def test_sam2_from_a_tiny_config(tmp_path, photo: Image.Image):
-    _needs_torchvision()
     sam2_id = _tiny_sam2(tmp_path / "sam2")
     hub = load_hub_model(sam2_id)
     assert isinstance(hub, HubSegmenter) and isinstance(hub.sam, TransformersSam)
@@ -103,7 +91,6 @@ def test_sam2_from_a_tiny_config(tmp_path, photo: Image.Image):
 
 def test_sam3_from_a_tiny_config(tmp_path, photo: Image.Image):
     """SAM 3: text → every matching instance; the three candidates are all instances, the best and the two best."""
-    _needs_torchvision()
     from transformers import (
         AutoTokenizer,
         Sam3Config,
