@@ -94,14 +94,15 @@ def markdown(timings: dict, quality: dict, meta: dict, threads: int, frozen: int
         f"{timings['ratio_new_threshold']} | ≤ 1/3 |",
         "",
         "**Quality** on held-out generated scenes (seeds ≥ 2·10⁹, Fashion-MNIST test items) and on out-of-style "
-        "scenes drawn by the hand-coded rules of `backends/segmentation/outofstyle.py` (cartoon and engraved styles, "
-        "never trained on); the candidate with the highest score — the probability of its set of objects — is the "
-        "answer; Pr@t = share of queries with IoU > t:",
+        "scenes drawn by the hand-coded rules of `backends/segmentation/outofstyle.py` (cartoon, engraved and collage "
+        "styles, never trained on); the candidate with the highest score — the probability of its set of objects — "
+        "is the answer; Pr@t = share of queries with IoU > t:",
         "",
         "| set | queries | mIoU | oIoU | Pr@0.5 | Pr@0.7 | Pr@0.9 | oracle mIoU | counting acc. | empty-mask rate |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("heldout_scenes", "heldout_wordings", "prompts", "out_of_style", "out_of_style_engraved"):
+    for name in ("heldout_scenes", "heldout_wordings", "prompts", "out_of_style", "out_of_style_engraved",
+                 "out_of_style_collage"):
         m = quality[name]
         cells = [m.get("mIoU"), m.get("oIoU"), m.get("Pr@0.5"), m.get("Pr@0.7"), m.get("Pr@0.9"),
                  m.get("oracle_mIoU"), m.get("counting_accuracy"), m.get("empty_mask_rate")]

@@ -3,9 +3,9 @@
 Each query runs end to end (foreground, objects, fusion). Held-out scenes come from seeds ≥ HELDOUT_SEED_START
 and Fashion-MNIST's test split, never seen in training.
 Sets: "heldout_scenes" (text queries with training wordings), "heldout_wordings" (held-out templates and
-synonyms), "prompts" (clicks and boxes only), and "out_of_style" and "out_of_style_engraved" (text queries on
-scenes drawn by the hand-coded rules of ``outofstyle`` in its cartoon and engraved styles, which the generator never
-produces).
+synonyms), "prompts" (clicks and boxes only), and "out_of_style", "out_of_style_engraved" and
+"out_of_style_collage" (text queries on scenes drawn by the hand-coded rules of ``outofstyle`` in its cartoon,
+engraved and collage styles, which the generator never produces).
 Metrics: mIoU, oIoU, Pr@0.5…0.9 and oracle mIoU (best of the three
 candidates) over queries whose referent is present; empty-mask rate over queries about absent objects; counting
 accuracy over plural queries (count of detections from tasks.detect vs the number of referred items).
@@ -33,7 +33,8 @@ EVAL_SETS = {  # name → (share of the samples, held-out wording, query kinds, 
     "prompts": (0.15, False, ("points", "box"), 20_000_000),
 }
 OUT_OF_STYLE_SHARE = 0.3  # of the total, for each out-of-style set
-OUT_OF_STYLE_SETS = {"cartoon": "out_of_style", "engraved": "out_of_style_engraved"}  # scene style → set name
+OUT_OF_STYLE_SETS = {"cartoon": "out_of_style", "engraved": "out_of_style_engraved",
+                     "collage": "out_of_style_collage"}  # scene style → set name
 
 
 def heldout_samples(count: int, heldout_wording: bool = False, kinds: tuple[str, ...] | None = None,

@@ -6,7 +6,10 @@ outline, as flat fills with a drop shadow (the shadow is not part of the item), 
 of the size and enlarged without smoothing) or as plain flat fills; and, for some scenes, the whole picture blurred or
 JPEG-compressed. *Engraved* scenes: concentric-ring, fine-hatching and two-tone split backgrounds; items as their
 silhouette filled with a colour gradient, with diagonal hatching over a pale tint or embossed (lit and dark rims);
-the whole picture under a gamma of 0.6–1.6 and a slight colour cast. Items are Fashion-MNIST *test* images and the
+the whole picture under a gamma of 0.6–1.6 and a slight colour cast. *Collage* scenes: marbled colour noise,
+warped wood-grain and brick-wall backgrounds; items cut from plaid cloth, in two tones split along a line, printed
+with coarse speckle or glowing (a halo of their colour around them, not part of the item); the whole picture
+resampled through a smaller size or under pixel noise. Items are Fashion-MNIST *test* images and the
 shapes, 20–56 px on 128 px scenes.
 """
 
@@ -209,7 +212,70 @@ def engraved_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np
     return _compose(rng, size, _engraved_background, _paint_engraved, 3, _gamma)
 
 
-SCENE_STYLES = {"cartoon": (out_of_style_scene, SEED), "engraved": (engraved_scene, SEED + 1)}
+def _collage_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Marbled colour noise, warped wood grain or a brick wall with light mortar lines, as float32 [S, S, 3]."""
+    first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    second = first + (second - first) * rng.uniform(0.2, 0.6)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    style = int(rng.integers(3))
+    if style == 0:
+        field = ndimage.gaussian_filter(rng.normal(size=(size, size)), rng.uniform(4, 12))
+        t = (field - field.min()) / (np.ptp(field) + 1e-6)
+    elif style == 1:
+        warp = ndimage.gaussian_filter(rng.normal(size=(size, size)), 10) * 400
+        t = 0.5 + 0.5 * np.sin((yy + warp) / rng.uniform(2, 5))
+    else:
+        height, width = int(rng.integers(8, 16)), int(rng.integers(16, 32))
+        row = yy // height
+        t = ((yy % height < 2) | ((xx + (row % 2) * width / 2) % width < 2)).astype(np.float32)
+    return (first + (second - first) * t[..., None]).astype(np.float32)
+
+
+def _paint_collage(rng: np.random.Generator, canvas: np.ndarray, category: int, variant: int, side: int, x0: int,
+                   y0: int) -> tuple[np.ndarray, str] | None:
+    """An item's silhouette cut from plaid cloth, in two tones split along a random line (one a lighter tint),
+    printed with coarse speckle, or glowing (a blurred halo of its colour around it, not part of the item)."""
+    _, local = _draw_item(rng, category, side, "flat")
+    if not local.any():
+        return None
+    window = canvas[y0:y0 + side, x0:x0 + side]
+    colour = _contrasting_colour(rng, window[local].mean(0))
+    rgb = np.array(COLOURS[colour][0], np.float32)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    if variant == 0:
+        period = rng.uniform(4, 9)
+        weave = 0.5 * ((xx % period < period / 3).astype(np.float32) + (yy % period < period / 3))
+        paint = rgb * (1 - 0.3 * weave[..., None])
+    elif variant == 1:
+        angle = rng.uniform(0, 2 * np.pi)
+        lighter = np.cos(angle) * (xx - side / 2) + np.sin(angle) * (yy - side / 2) > 0
+        paint = np.where(lighter[..., None], 0.75 * rgb + 0.25 * 255, rgb)
+    elif variant == 2:
+        paint = rgb + rng.normal(0, 28, (side, side, 1))
+    else:
+        halo = ndimage.gaussian_filter(local.astype(np.float32), 2.5)[..., None] * 0.8
+        window[:] = window * (1 - halo) + rgb * halo
+        paint = np.broadcast_to(rgb, (side, side, 3))
+    window[local] = paint[local]
+    return local, colour
+
+
+def _resample_or_noise(rng: np.random.Generator, picture: Image.Image) -> Image.Image:
+    """The picture shrunk to 50–80 % and enlarged back (bilinear), or under Gaussian pixel noise of σ 4–12."""
+    if rng.random() < 0.5:
+        small = max(8, int(picture.width * rng.uniform(0.5, 0.8)))
+        return picture.resize((small, small), Image.BILINEAR).resize(picture.size, Image.BILINEAR)
+    pixels = np.asarray(picture, np.float32) + rng.normal(0, rng.uniform(4, 12), (picture.height, picture.width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def collage_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.ndarray, list[Item]]:
+    """One collage-style scene (see the module docstring)."""
+    return _compose(rng, size, _collage_background, _paint_collage, 4, _resample_or_noise)
+
+
+SCENE_STYLES = {"cartoon": (out_of_style_scene, SEED), "engraved": (engraved_scene, SEED + 1),
+                "collage": (collage_scene, SEED + 2)}
 
 
 def out_of_style_samples(count: int, kinds: tuple[str, ...] = tuple(TEXT_QUERIES), style: str = "cartoon"
