@@ -32,8 +32,8 @@ from backends.segmentation.model import (
     prompt_evidence,
     save_weights,
 )
+from backends.segmentation.train import augment_scene, average_weights, cast_shadows, degrade, training_step
 from backends.segmentation.train import main as train_main
-from backends.segmentation.train import training_step
 
 SMALL = SegmenterConfig(widths=(8, 16, 16, 32), object_widths=(8, 16, 32), dim=32, heads=2, depth=1)
 
@@ -158,5 +158,37 @@ def test_training_script_runs_saves_reloads_and_resumes(tmp_path: Path):
     assert saved["steps"] == 2 and "heldout_scenes" in saved["heldout"] and saved["queries_seen"] == 8
     assert SegmenterConfig.from_dict(saved["config"]) == SegmenterConfig()
     assert (tmp_path / "a" / WEIGHTS_NAME).stat().st_size < 15 * 2**20
-    resumed = train_main([*args, "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "a" / WEIGHTS_NAME)])
+    resumed = train_main([*args, "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "a" / WEIGHTS_NAME),
+                          "--augment", "--wise-ft", "0.5"])
     assert resumed["steps"] == 4 and len(resumed["runs"]) == 2 and resumed["queries_seen"] == 16
+    assert resumed["runs"][-1]["augmentation"]["shadow_share"] > 0 and resumed["runs"][-1]["wise_ft"] == 0.5
+    assert saved["runs"][-1]["augmentation"] is None
+    with pytest.raises(SystemExit, match="--resume"):
+        train_main([*args, "--out", str(tmp_path / "c"), "--wise-ft", "0.5"])
+
+
+def test_training_augmentation_darkens_only_the_background_and_keeps_the_queries():
+    rng = np.random.default_rng(0)
+    scene = make_samples(7, 3)
+    image, items = scene[0].image, scene[0].items
+    union = np.logical_or.reduce([item.mask for item in items])
+    shadowed = cast_shadows(image, items, rng)
+    assert (shadowed[union] == image[union]).all() and (shadowed <= image).all() and (shadowed != image).any()
+    degraded = degrade(image, rng)
+    assert degraded.shape == image.shape and degraded.dtype == np.uint8 and not np.array_equal(degraded, image)
+    augmented = [augment_scene(scene, rng) for _ in range(30)]
+    changed = [a for a in augmented if a is not scene]
+    assert 0 < len(changed) < 30
+    for variant in changed:
+        assert all(sample.image is variant[0].image for sample in variant)
+        assert [(s.expression, s.mask.tobytes()) for s in variant] == [(s.expression, s.mask.tobytes()) for s in scene]
+
+
+def test_wise_ft_average_interpolates_every_weight():
+    torch.manual_seed(0)
+    start, trained = Segmenter(SMALL), Segmenter(SMALL)
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    average_weights(trained, start.state_dict(), 0.25)
+    for name, value in trained.state_dict().items():
+        expected = 0.25 * before[name] + 0.75 * start.state_dict()[name]
+        assert torch.allclose(value, expected if value.is_floating_point() else before[name], atol=1e-6), name

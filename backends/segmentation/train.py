@@ -9,7 +9,15 @@ queries each and optimises, all at once:
 * the object encoder's auxiliary category and colour heads (cross-entropy per object);
 * the fusion's per-object "referred" logits (BCE against the query's referred items).
 
+With ``--augment``, for photometric variety that the scene generator does not draw, a share of the training scenes
+(never the held-out ones) is augmented: items cast soft shadows on the background (never part of an item), and the
+whole picture is blurred, JPEG-compressed or resampled through a smaller size (``augment_scene``).
+
 A new model's frozen Fashion-MNIST prior is HeadLab's Guidance-panel classifier (``--fashion-prior``).
+
+With ``--wise-ft A`` (resumed runs only) the weights written at the end are ``(1 − A)·start + A·trained``, the
+weight-space average of the model resumed from and the trained one (WiSE-FT, Wortsman et al. 2022), which keeps
+most of a fine-tune's gains with less drift from what the start model did well.
 
 Objects are the scenes' true item masks (randomly grown or shrunk by a pixel), and — once the U-Net has warmed up —
 for a share of the scenes the connected components of the U-Net's own foreground, matched to the items, so that
@@ -20,6 +28,8 @@ the fusion also learns on the objects it will see at inference. Writes into DIR:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import json
 import math
 import os
@@ -30,10 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+from PIL import Image, ImageFilter
 from safetensors.torch import load_file
+from scipy import ndimage
 
 from backends.core.text_encoder import MiniLMEncoder, TextCache
-from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, NO_COLOUR, Sample, make_samples
+from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, NO_COLOUR, Item, Sample, make_samples
 from backends.segmentation.evaluate import evaluate_heldout
 from backends.segmentation.model import (
     CONFIG_NAME,
@@ -53,6 +65,8 @@ OWN_OBJECTS_AFTER = 300  # steps before the U-Net's own components are used as o
 OWN_OBJECTS_SHARE = 0.4  # share of scenes whose objects are the U-Net's components after that
 AUX_WEIGHT = 0.5  # weight of the category and colour losses
 IGNORE = -100
+SHADOW_SHARE = 0.2  # training scenes whose items cast soft shadows
+DEGRADE_SHARE = 0.3  # training scenes blurred, JPEG-compressed or resampled as a whole
 FASHION_CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "guidance" / "classifier.safetensors"
 
 
@@ -95,6 +109,56 @@ def scene_objects(scene: list[Sample], predicted: np.ndarray | None, max_objects
         best = int(np.argmax(overlaps))
         owners.append(best if overlaps[best] * 2 > mask.sum() else -1)
     return torch.from_numpy(masks), owners
+
+
+def cast_shadows(image: np.ndarray, items: list[Item], rng: np.random.Generator) -> np.ndarray:
+    """``image`` with soft shadows of most items, 1–6 px away in any direction, darkening only the background."""
+    shade = np.ones(image.shape[:2], np.float32)
+    for item in items:
+        if rng.random() < 0.7:
+            offset = rng.integers(1, 7) * rng.choice([-1, 1], 2) * (rng.random(2) < 0.8)
+            cast = ndimage.shift(item.mask.astype(np.float32), offset, order=0)
+            shade *= 1 - rng.uniform(0.3, 0.6) * ndimage.gaussian_filter(cast, rng.uniform(0.0, 1.5))
+    shade[np.logical_or.reduce([item.mask for item in items])] = 1
+    return (image * shade[..., None]).astype(np.uint8)
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` blurred (σ 0.4–1.2), JPEG-compressed (quality 25–70) and/or resampled through 50–80 % of its size:
+    each with probability ½, at least one."""
+    picture = Image.fromarray(image)
+    chosen = rng.random(3) < 0.5
+    chosen[rng.integers(3)] = True
+    if chosen[0]:
+        picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+    if chosen[1]:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=int(rng.integers(25, 71)))
+        picture = Image.open(buffer).convert("RGB")
+    if chosen[2]:
+        small = max(8, int(picture.width * rng.uniform(0.5, 0.8)))
+        picture = picture.resize((small, small), Image.BILINEAR).resize((image.shape[1], image.shape[0]),
+                                                                         Image.BILINEAR)
+    return np.asarray(picture, np.uint8).copy()
+
+
+def augment_scene(scene: list[Sample], rng: np.random.Generator) -> list[Sample]:
+    """The queries of one training scene on its augmented picture: shadows for SHADOW_SHARE of the scenes, then a
+    whole-picture degradation for DEGRADE_SHARE (independently)."""
+    image = scene[0].image
+    if rng.random() < SHADOW_SHARE:
+        image = cast_shadows(image, scene[0].items, rng)
+    if rng.random() < DEGRADE_SHARE:
+        image = degrade(image, rng)
+    return scene if image is scene[0].image else [dataclasses.replace(sample, image=image) for sample in scene]
+
+
+def average_weights(model: Segmenter, start: dict[str, torch.Tensor], weight: float) -> None:
+    """Set ``model``'s floating-point weights to ``(1 − weight)·start + weight·model`` in place."""
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(weight).add_(start[name].to(value.device), alpha=1 - weight)
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -176,6 +240,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--augment", action="store_true",
+                        help=f"cast shadows on {SHADOW_SHARE:.0%} and blur/JPEG/resampling on {DEGRADE_SHARE:.0%} of "
+                             "the training scenes")
+    parser.add_argument("--wise-ft", type=float, default=1.0,
+                        help="weight of the trained model in the final average with the resumed one (1: none)")
     parser.add_argument("--fashion-prior", type=Path, default=FASHION_CLASSIFIER,
                         help="frozen Fashion-MNIST classifier weights for a new model (trained by the Guidance panel)")
     return parser.parse_args(argv)
@@ -189,8 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.out.mkdir(parents=True, exist_ok=True)
     weights_path, json_path = args.out / WEIGHTS_NAME, args.out / CONFIG_NAME
+    if args.wise_ft != 1.0 and not args.resume:
+        raise SystemExit("--wise-ft averages with the model resumed from: give --resume")
     if args.resume:
         model, previous = load_checkpoint(args.resume)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         first_step, history = int(previous.get("steps", 0)), previous.get("runs", [])
         earlier_queries = int(previous.get("queries_seen", 0))
     else:
@@ -212,7 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
         run = {"seed": args.seed, "device": args.device, "first_step": first_step, "last_step": step,
                "wall_seconds": round(elapsed, 1), "scenes_per_step": args.scenes,
                "queries_per_scene": args.queries_per_scene, "lr": args.lr, "threads": args.threads,
-               "resumed_from": str(args.resume) if args.resume else None, "loss_curve": curve}
+               "resumed_from": str(args.resume) if args.resume else None,
+               "augmentation": {"shadow_share": SHADOW_SHARE, "degrade_share": DEGRADE_SHARE} if args.augment else None,
+               "wise_ft": args.wise_ft, "loss_curve": curve}
         return {"config": model.config.to_dict(), "steps": step,
                 "queries_seen": earlier_queries + (step - first_step) * args.scenes * args.queries_per_scene,
                 "parameters": params, "weights": WEIGHTS_NAME, "text_encoder": "all-MiniLM-L6-v2 (frozen)",
@@ -229,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
             break
         scene_seed = (args.seed * 100_000_019 + step * args.scenes) % (HELDOUT_SEED_START - args.scenes)
         scenes = [make_samples(scene_seed + i, args.queries_per_scene) for i in range(args.scenes)]
+        if args.augment:
+            scenes = [augment_scene(scene, rng) for scene in scenes]
         progress = (step - first_step) / args.steps if args.steps else elapsed / budget
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args.lr, step, first_step, progress)
@@ -255,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(json_path, metadata(step, now - started))
             last_save = now
     train_seconds = time.time() - started
+    if args.wise_ft != 1.0:
+        average_weights(model, start, args.wise_ft)
     save_weights(model, weights_path)
     meta = metadata(step, train_seconds)
     write_json(json_path, meta)
