@@ -3,6 +3,7 @@ with notes on every conversion."""
 
 from __future__ import annotations
 
+import io
 from typing import NamedTuple
 
 import numpy as np
@@ -70,3 +71,15 @@ def prepare_image(image: Image.Image | None, what: str = "image") -> PreparedIma
 def to_pil(array: np.ndarray) -> Image.Image:
     """Float H×W×3 in [0, 1] → 8-bit RGB PIL image."""
     return Image.fromarray((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+
+
+def jpeg_roundtrip(picture: Image.Image, quality: int) -> Image.Image:
+    """``picture`` saved as JPEG at ``quality`` and decoded again (RGB)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return Image.open(buffer).convert("RGB")
+
+
+def resample_through(picture: Image.Image, side: int) -> Image.Image:
+    """``picture`` shrunk to ``side``×``side`` and enlarged back to its size, both bilinear."""
+    return picture.resize((side, side), Image.BILINEAR).resize(picture.size, Image.BILINEAR)

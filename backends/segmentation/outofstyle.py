@@ -15,13 +15,13 @@ shapes, 20–56 px on 128 px scenes.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
+from backends.core.images import jpeg_roundtrip, resample_through
 from backends.segmentation.data import (
     CATEGORIES,
     COLOUR_KEYS,
@@ -42,22 +42,38 @@ GAP = 5
 SEED = 31_337  # first element of every scene's seed sequence, unlike any generator seed
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A checkerboard, polka dots or a radial vignette between two random colours, as float32 [S, S, 3]."""
+Pattern = Callable[[np.random.Generator, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def _two_colour_background(rng: np.random.Generator, size: int, contrast: tuple[float, float],
+                           patterns: tuple[Pattern, ...]) -> np.ndarray:
+    """Two random colours (the second ``contrast`` of the way towards another) mixed by one of ``patterns``:
+    ``pattern(rng, yy, xx, size)`` gives the mix [S, S] in [0, 1]; float32 [S, S, 3]."""
     first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    second = first + (second - first) * rng.uniform(0.15, 0.5)  # modest contrast
+    second = first + (second - first) * rng.uniform(*contrast)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    style = int(rng.integers(3))
-    if style == 0:
-        cell = int(rng.integers(6, 25))
-        t = ((yy // cell + xx // cell) % 2).astype(np.float32)
-    elif style == 1:
-        spacing, radius = int(rng.integers(10, 22)), rng.uniform(1.5, 4.0)
-        t = (np.hypot(yy % spacing - spacing / 2, xx % spacing - spacing / 2) < radius).astype(np.float32)
-    else:
-        cy, cx = rng.uniform(0.2, 0.8, 2) * size
-        t = np.clip(np.hypot(yy - cy, xx - cx) / size, 0, 1)
+    t = patterns[int(rng.integers(len(patterns)))](rng, yy, xx, size)
     return (first + (second - first) * t[..., None]).astype(np.float32)
+
+
+def _checkerboard(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    cell = int(rng.integers(6, 25))
+    return ((yy // cell + xx // cell) % 2).astype(np.float32)
+
+
+def _polka_dots(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    spacing, radius = int(rng.integers(10, 22)), rng.uniform(1.5, 4.0)
+    return (np.hypot(yy % spacing - spacing / 2, xx % spacing - spacing / 2) < radius).astype(np.float32)
+
+
+def _vignette(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    cy, cx = rng.uniform(0.2, 0.8, 2) * size
+    return np.clip(np.hypot(yy - cy, xx - cx) / size, 0, 1)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A checkerboard, polka dots or a radial vignette between two random colours of modest contrast."""
+    return _two_colour_background(rng, size, (0.15, 0.5), (_checkerboard, _polka_dots, _vignette))
 
 
 def _draw_item(rng: np.random.Generator, category: int, side: int, style: str) -> tuple[np.ndarray, np.ndarray]:
@@ -142,9 +158,7 @@ def _blur_or_jpeg(rng: np.random.Generator, picture: Image.Image) -> Image.Image
     if rng.random() < 0.4:
         picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.0)))
     if rng.random() < 0.4:
-        buffer = io.BytesIO()
-        picture.save(buffer, format="JPEG", quality=int(rng.integers(25, 50)))
-        picture = Image.open(buffer).convert("RGB")
+        picture = jpeg_roundtrip(picture, int(rng.integers(25, 50)))
     return picture
 
 
@@ -153,34 +167,46 @@ def out_of_style_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tupl
     return _compose(rng, size, _background, _paint_cartoon, len(ITEM_STYLES), _blur_or_jpeg)
 
 
+def _rings(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    cy, cx = rng.uniform(0, 1, 2) * size
+    return (np.hypot(yy - cy, xx - cx) // rng.uniform(4, 12) % 2).astype(np.float32)
+
+
+def _hatching(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    period = rng.uniform(3, 7)
+    return ((xx + yy * rng.choice([-1, 1])) % period < 1.2).astype(np.float32)
+
+
+def _split(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    angle = rng.uniform(0, np.pi)
+    return (np.cos(angle) * (xx - size / 2) + np.sin(angle) * (yy - size / 2) > 0).astype(np.float32)
+
+
 def _engraved_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Concentric rings, fine diagonal hatching or two tones split along a random line, as float32 [S, S, 3]."""
-    first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    second = first + (second - first) * rng.uniform(0.2, 0.6)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    style = int(rng.integers(3))
-    if style == 0:
-        cy, cx = rng.uniform(0, 1, 2) * size
-        t = (np.hypot(yy - cy, xx - cx) // rng.uniform(4, 12) % 2).astype(np.float32)
-    elif style == 1:
-        period = rng.uniform(3, 7)
-        t = ((xx + yy * rng.choice([-1, 1])) % period < 1.2).astype(np.float32)
-    else:
-        angle = rng.uniform(0, np.pi)
-        t = (np.cos(angle) * (xx - size / 2) + np.sin(angle) * (yy - size / 2) > 0).astype(np.float32)
-    return (first + (second - first) * t[..., None]).astype(np.float32)
+    """Concentric rings, fine diagonal hatching or two tones split along a random line."""
+    return _two_colour_background(rng, size, (0.2, 0.6), (_rings, _hatching, _split))
+
+
+def _flat_item(rng: np.random.Generator, canvas: np.ndarray, category: int, side: int, x0: int, y0: int
+               ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray] | None:
+    """An item's silhouette at (x0, y0): its mask [s, s], the canvas window under it, a palette colour that stands
+    out there and that colour's RGB (None: an empty silhouette)."""
+    _, local = _draw_item(rng, category, side, "flat")
+    if not local.any():
+        return None
+    window = canvas[y0:y0 + side, x0:x0 + side]
+    colour = _contrasting_colour(rng, window[local].mean(0))
+    return local, window, colour, np.array(COLOURS[colour][0], np.float32)
 
 
 def _paint_engraved(rng: np.random.Generator, canvas: np.ndarray, category: int, variant: int, side: int, x0: int,
                     y0: int) -> tuple[np.ndarray, str] | None:
     """An item's silhouette filled with its colour as a linear gradient to a darker tone, as diagonal hatching
     over a pale tint, or embossed (a lit upper-left rim and a dark lower-right rim)."""
-    _, local = _draw_item(rng, category, side, "flat")
-    if not local.any():
+    item = _flat_item(rng, canvas, category, side, x0, y0)
+    if item is None:
         return None
-    window = canvas[y0:y0 + side, x0:x0 + side]
-    colour = _contrasting_colour(rng, window[local].mean(0))
-    rgb = np.array(COLOURS[colour][0], np.float32)
+    local, window, colour, rgb = item
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
     if variant == 0:
         angle = rng.uniform(0, 2 * np.pi)
@@ -212,35 +238,35 @@ def engraved_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np
     return _compose(rng, size, _engraved_background, _paint_engraved, 3, _gamma)
 
 
+def _marble(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.normal(size=(size, size)), rng.uniform(4, 12))
+    return (field - field.min()) / (np.ptp(field) + 1e-6)
+
+
+def _wood_grain(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    warp = ndimage.gaussian_filter(rng.normal(size=(size, size)), 10) * 400
+    return 0.5 + 0.5 * np.sin((yy + warp) / rng.uniform(2, 5))
+
+
+def _bricks(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> np.ndarray:
+    height, width = int(rng.integers(8, 16)), int(rng.integers(16, 32))
+    row = yy // height
+    return ((yy % height < 2) | ((xx + (row % 2) * width / 2) % width < 2)).astype(np.float32)
+
+
 def _collage_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Marbled colour noise, warped wood grain or a brick wall with light mortar lines, as float32 [S, S, 3]."""
-    first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    second = first + (second - first) * rng.uniform(0.2, 0.6)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    style = int(rng.integers(3))
-    if style == 0:
-        field = ndimage.gaussian_filter(rng.normal(size=(size, size)), rng.uniform(4, 12))
-        t = (field - field.min()) / (np.ptp(field) + 1e-6)
-    elif style == 1:
-        warp = ndimage.gaussian_filter(rng.normal(size=(size, size)), 10) * 400
-        t = 0.5 + 0.5 * np.sin((yy + warp) / rng.uniform(2, 5))
-    else:
-        height, width = int(rng.integers(8, 16)), int(rng.integers(16, 32))
-        row = yy // height
-        t = ((yy % height < 2) | ((xx + (row % 2) * width / 2) % width < 2)).astype(np.float32)
-    return (first + (second - first) * t[..., None]).astype(np.float32)
+    """Marbled colour noise, warped wood grain or a brick wall with light mortar lines."""
+    return _two_colour_background(rng, size, (0.2, 0.6), (_marble, _wood_grain, _bricks))
 
 
 def _paint_collage(rng: np.random.Generator, canvas: np.ndarray, category: int, variant: int, side: int, x0: int,
                    y0: int) -> tuple[np.ndarray, str] | None:
     """An item's silhouette cut from plaid cloth, in two tones split along a random line (one a lighter tint),
     printed with coarse speckle, or glowing (a blurred halo of its colour around it, not part of the item)."""
-    _, local = _draw_item(rng, category, side, "flat")
-    if not local.any():
+    item = _flat_item(rng, canvas, category, side, x0, y0)
+    if item is None:
         return None
-    window = canvas[y0:y0 + side, x0:x0 + side]
-    colour = _contrasting_colour(rng, window[local].mean(0))
-    rgb = np.array(COLOURS[colour][0], np.float32)
+    local, window, colour, rgb = item
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     if variant == 0:
         period = rng.uniform(4, 9)
@@ -263,8 +289,7 @@ def _paint_collage(rng: np.random.Generator, canvas: np.ndarray, category: int, 
 def _resample_or_noise(rng: np.random.Generator, picture: Image.Image) -> Image.Image:
     """The picture shrunk to 50–80 % and enlarged back (bilinear), or under Gaussian pixel noise of σ 4–12."""
     if rng.random() < 0.5:
-        small = max(8, int(picture.width * rng.uniform(0.5, 0.8)))
-        return picture.resize((small, small), Image.BILINEAR).resize(picture.size, Image.BILINEAR)
+        return resample_through(picture, max(8, int(picture.width * rng.uniform(0.5, 0.8))))
     pixels = np.asarray(picture, np.float32) + rng.normal(0, rng.uniform(4, 12), (picture.height, picture.width, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 

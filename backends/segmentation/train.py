@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from PIL import Image, ImageFilter
 from safetensors.torch import load_file
 from scipy import ndimage
 
+from backends.core.images import jpeg_roundtrip, resample_through
 from backends.core.text_encoder import MiniLMEncoder, TextCache
 from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, NO_COLOUR, Item, Sample, make_samples
 from backends.segmentation.evaluate import evaluate_heldout
@@ -132,13 +132,9 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if chosen[0]:
         picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
     if chosen[1]:
-        buffer = io.BytesIO()
-        picture.save(buffer, format="JPEG", quality=int(rng.integers(25, 71)))
-        picture = Image.open(buffer).convert("RGB")
+        picture = jpeg_roundtrip(picture, int(rng.integers(25, 71)))
     if chosen[2]:
-        small = max(8, int(picture.width * rng.uniform(0.5, 0.8)))
-        picture = picture.resize((small, small), Image.BILINEAR).resize((image.shape[1], image.shape[0]),
-                                                                         Image.BILINEAR)
+        picture = resample_through(picture, max(8, int(picture.width * rng.uniform(0.5, 0.8))))
     return np.asarray(picture, np.uint8).copy()
 
 
