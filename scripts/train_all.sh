@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train HeadLab's three embedded models side by side (how the weights in assets/ were made).
 # Usage: scripts/train_all.sh DEVICE MINUTES OUTDIR     e.g. scripts/train_all.sh cuda 6.5 /tmp/weights
-# Each panel's script is seeded; see backends/<panel>/train.py for its settings. Copy OUTDIR/<panel>/* to
-# assets/<panel>/ to use the new weights.
+# Each panel's script is seeded; see backends/<panel>/train.py for its settings. To use the new weights, copy
+# OUTDIR/<panel>/* to assets/<panel>/, all but checkpoint.pt (the optimizer state for --resume).
 set -u
 device=${1:-cpu}
 minutes=${2:-60}

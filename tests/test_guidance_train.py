@@ -32,11 +32,11 @@ def small_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 
 
 def test_train_writes_reloadable_files_and_resumes(tmp_path: Path, small_fashion_mnist: Path):
-    common = ["--device", "cpu", "--minutes", "2", "--threads", "1", "--eval-per-class", "1", "--max-steps", "3",
+    common = ["--device", "cpu", "--minutes", "2", "--threads", "1", "--eval-per-class", "1", "--steps", "3",
               "--eval-steps", "4"]
     main([*common, "--out", str(tmp_path / "run"), "--seed", "1", "--classifier-seconds", "1"])
     files = sorted(path.name for path in (tmp_path / "run").iterdir())
-    assert files == ["classifier.safetensors", "dit.safetensors", "guidance.json"]
+    assert files == ["checkpoint.pt", "classifier.safetensors", "dit.safetensors", "guidance.json"]
     report = json.loads((tmp_path / "run" / "guidance.json").read_text())
     assert report["status"] == "done" and report["training"]["steps"] == 3
     assert set(report["evaluation"]["by_cfg_scale"]) == {"1.0", "3.0"}

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from backends.core.training import CHECKPOINT_FILE
 from backends.restoration import sentences, train
-from backends.restoration.checkpoint import OPTIMIZER_FILE, REPORT_FILE, WEIGHTS_FILE, load_models
+from backends.restoration.checkpoint import REPORT_FILE, WEIGHTS_FILE, load_models
 
 TINY_ARGS = ["--device", "cpu", "--minutes", "0.05", "--seed", "0", "--batch", "2", "--crop", "32", "--width", "8",
              "--blocks", "1,1,1,1", "--eval-side", "32", "--no-baselines", "--threads", "1"]
@@ -33,7 +34,7 @@ def _train_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "sentences.safetensors"
     train.main([*TINY_ARGS, "--out", str(first), "--sentences", str(cache), "--cpu-bf16"])
     assert cache.exists()
-    assert sorted(p.name for p in first.iterdir()) == sorted([WEIGHTS_FILE, OPTIMIZER_FILE, REPORT_FILE])
+    assert sorted(p.name for p in first.iterdir()) == sorted([WEIGHTS_FILE, CHECKPOINT_FILE, REPORT_FILE])
     report = json.loads((first / REPORT_FILE).read_text())
     steps = report["train"]["steps"]
     assert steps > 0 and report["train"]["loss_curve"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from backends.core.text_encoder import MiniLMEncoder, TextCache
+from backends.core.training import CHECKPOINT_FILE
 from backends.segmentation.data import (
     BOX_BOTTOM_RIGHT,
     BOX_TOP_LEFT,
@@ -153,7 +154,7 @@ def test_training_script_runs_saves_reloads_and_resumes(tmp_path: Path):
     args = ["--device", "cpu", "--steps", "2", "--scenes", "2", "--queries-per-scene", "2", "--eval-samples", "8"]
     train_main([*args, "--out", str(tmp_path / "a"), "--seed", "1"])
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["segmentation.json", WEIGHTS_NAME]
+    assert files == [CHECKPOINT_FILE, "segmentation.json", WEIGHTS_NAME]
     saved = json.loads((tmp_path / "a" / "segmentation.json").read_text())
     assert saved["steps"] == 2 and "heldout_scenes" in saved["heldout"] and saved["queries_seen"] == 8
     assert SegmenterConfig.from_dict(saved["config"]) == SegmenterConfig()
@@ -162,7 +163,7 @@ def test_training_script_runs_saves_reloads_and_resumes(tmp_path: Path):
                           "--augment", "--wise-ft", "0.5"])
     assert resumed["steps"] == 4 and len(resumed["runs"]) == 2 and resumed["queries_seen"] == 16
     assert resumed["runs"][-1]["augmentation"]["shadow_share"] > 0 and resumed["runs"][-1]["wise_ft"] == 0.5
-    assert saved["runs"][-1]["augmentation"] is None
+    assert saved["runs"][-1]["augmentation"] is None and resumed["runs"][-1]["schedule"]["first_step"] == 2
     with pytest.raises(SystemExit, match="--resume"):
         train_main([*args, "--out", str(tmp_path / "c"), "--wise-ft", "0.5"])
 

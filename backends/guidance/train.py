@@ -1,31 +1,34 @@
-"""Train the Guidance panel's embedded models on Fashion-MNIST within a time budget.
+"""Train the Guidance panel's embedded models on Fashion-MNIST (on the core of :mod:`backends.core.training`).
 
 First a small CNN classifier (the panel's quality objective and the feature extractor of its Fréchet distance), then
-a class-conditional diffusers DiT with rectified flow (velocity prediction, logit-normal t), AdamW with warm-up,
-10 % label dropout for classifier-free guidance and an EMA of the weights. Weights are saved every ~60 s and at the
-end; a held-out evaluation follows. Files, all flat in ``--out``: dit.safetensors (EMA weights, float16),
-classifier.safetensors (float32) and guidance.json (configs, steps, wall time, loss curve, metrics).
+a class-conditional diffusers DiT with rectified flow (velocity prediction, logit-normal t), AdamW with warm-up then
+a constant learning rate, 10 % label dropout for classifier-free guidance and an EMA of the weights. Files, all flat
+in ``--out``, written every ~60 s and at the end: dit.safetensors (EMA weights, float16), classifier.safetensors
+(float32), checkpoint.pt (DiT, EMA, AdamW, step, for ``--resume``) and guidance.json (configs, steps, wall time,
+loss curve; metrics after the held-out evaluation that follows).
 
     python -m backends.guidance.train --device cuda --minutes 6.5 --out DIR --seed 0
-    python -m backends.guidance.train --device cpu --minutes 30 --out DIR --resume DIR   # continue training
+    python -m backends.guidance.train --device cpu --minutes 30 --out DIR2 --resume DIR   # continue training
 
 Runs are seeded: the same seed gives the same initial weights, batches, noise and label drops, so two runs that reach
-the same step counts (``--max-steps``) give the same weights.
+the same step counts (``--steps``) give the same weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional
 
+from backends.core.training import Schedule, Trainer, resume_point
 from backends.guidance.adapters import EmbeddedDiT
 from backends.guidance.data import DeviceBatches, load_split, to_model_range
 from backends.guidance.evaluate import autocast_for, evaluate_dit
@@ -41,7 +44,6 @@ from backends.guidance.model import (
 from backends.guidance.rectified_flow import flow_matching_loss
 
 DIT_FILE, CLASSIFIER_FILE, REPORT_FILE = "dit.safetensors", "classifier.safetensors", "guidance.json"
-LOG_EVERY_S, CHECKPOINT_EVERY_S = 15.0, 60.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,8 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=500)
     parser.add_argument("--label-dropout", type=float, default=0.1)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--classifier-seconds", type=float, help="default: min(35 s, 10 %% of the budget)")
-    parser.add_argument("--max-steps", type=int, help="stop the DiT after this many steps even if time remains")
+    parser.add_argument("--classifier-steps", type=int, default=6000, help="steps of the classifier's schedule")
+    parser.add_argument("--classifier-seconds", type=float, help="its time limit; default min(35 s, 10 %% of the "
+                                                                  "budget)")
+    parser.add_argument("--steps", type=int, default=10000, help="steps of the DiT's schedule (time permitting)")
     parser.add_argument("--eval-per-class", type=int, help="samples per class in the evaluation (100 CUDA, 5 CPU)")
     parser.add_argument("--eval-steps", type=int, default=25, help="Euler steps of the evaluation samples")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
@@ -81,79 +85,34 @@ def random_shift(images: torch.Tensor, generator: torch.Generator, max_pixels: i
     return functional.grid_sample(images + 1.0, grid, align_corners=False) - 1.0
 
 
-def train_classifier(batches: DeviceBatches, seconds: float, seed: int) -> tuple[torch.nn.Module, dict]:
-    """Train the CNN classifier for ``seconds`` (AdamW, cosine decay over the time budget, random shifts)."""
+def train_classifier(batches: DeviceBatches, steps: int, seconds: float, seed: int) -> tuple[torch.nn.Module, dict]:
+    """Train the CNN classifier for ``steps`` or ``seconds``, whichever ends first (AdamW, cosine decay, random
+    shifts)."""
     device = batches.images.device
     torch.manual_seed(seed)
     classifier = build_classifier().to(device).train()
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=2e-3, weight_decay=0.05)
     augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    start = last_log = time.perf_counter()
-    steps = 0
-    while (elapsed := time.perf_counter() - start) < seconds:
-        for group in optimizer.param_groups:
-            group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
+
+    def step_loss(_: int) -> tuple[torch.Tensor, dict]:
         images, labels = batches.next()
         with autocast_for(device):
-            loss = functional.cross_entropy(classifier(random_shift(images, augment_generator)).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        steps += 1
-        if time.perf_counter() - last_log > LOG_EVERY_S:
-            last_log = time.perf_counter()
-            log(f"[classifier] step {steps} loss {loss.item():.4f} {steps / (last_log - start):.1f} steps/s")
-    return classifier.eval(), {"steps": steps, "seconds": round(time.perf_counter() - start, 1)}
+            return functional.cross_entropy(classifier(random_shift(images, augment_generator)).float(), labels), {}
+
+    schedule = Schedule(2e-3, 0, steps, warmup_steps=1, floor=0.0)
+    trainer = Trainer({"model": classifier}, optimizer, schedule, clip=None,
+                      log=lambda line: log(f"[classifier] {line}"))
+    elapsed = trainer.run(step_loss, seconds / 60)
+    return classifier.eval(), {"steps": trainer.step, "seconds": round(elapsed, 1)}
 
 
-class DitTrainer:
-    """The DiT, its EMA copy, AdamW and the step/loss bookkeeping of one (possibly resumed) training run."""
-
-    def __init__(self, args: argparse.Namespace, resume_weights: Path | None, history: dict):
-        self.args = args
-        self.device = torch.device(args.device)
-        torch.manual_seed(args.seed)
-        if resume_weights is None:
-            self.model = build_dit().to(self.device)
-        else:
-            self.model = load_dit(resume_weights).to(self.device)
-        self.model.train()
-        self.ema = build_dit(dict(self.model.config), fresh_init=False).to(self.device).eval()
-        self.ema.load_state_dict(self.model.state_dict())
-        self.ema.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99), fused=self.device.type == "cuda"
-        )
-        self.generator = torch.Generator(device=self.device).manual_seed(args.seed + 2)
-        self.step = history.get("steps", 0)
-        self.run_steps = 0
-        self.loss_curve: list[list[float]] = history.get("loss_curve", [])
-        self.previous_seconds = history.get("wall_seconds", 0.0)
-
-    def learning_rate(self) -> float:
-        """Linear warm-up over this run's first steps (fresh optimizer state), then constant."""
-        return self.args.lr * min(1.0, (self.run_steps + 1) / self.args.warmup_steps)
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimisation step and EMA update; returns the (device) loss without synchronising."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
-        with autocast_for(self.device):
-            loss = flow_matching_loss(self.model, images, labels, self.generator, self.args.label_dropout)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.step += 1
-        self.run_steps += 1
-        decay = min(self.args.ema_decay, (1 + self.step) / (10 + self.step))
+def ema_updater(model: torch.nn.Module, ema: torch.nn.Module, decay: float) -> Callable[[int], None]:
+    """The after-step hook that moves ``ema`` towards ``model`` (decay warmed up over the first steps)."""
+    def update(step: int) -> None:
+        rate = min(decay, (2 + step) / (11 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
-        return loss.detach()
-
-    def save(self, out: Path) -> None:
-        """Write the EMA weights (float16) with their config and step count."""
-        save_weights(self.ema, out / DIT_FILE, dict(self.ema.config), torch.float16, {"steps": self.step})
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - rate)
+    return update
 
 
 def resolve_resume(resume: Path | None) -> tuple[Path | None, Path | None, dict]:
@@ -171,27 +130,65 @@ def resolve_resume(resume: Path | None) -> tuple[Path | None, Path | None, dict]
     return dit_weights, classifier_weights if classifier_weights.exists() else None, history
 
 
-def write_report(args: argparse.Namespace, trainer: DitTrainer, extra: dict, status: str, run_seconds: float) -> None:
+@dataclass
+class DitRun:
+    """The DiT run in progress: its trainer (model, EMA, AdamW, schedule), its first step and earlier history."""
+
+    trainer: Trainer
+    first_step: int
+    history: dict
+
+    @property
+    def ema(self) -> torch.nn.Module:
+        return self.trainer.modules["ema"]
+
+    def save(self, out: Path) -> None:
+        """Write the EMA weights (float16) with their config and step count."""
+        save_weights(self.ema, out / DIT_FILE, dict(self.ema.config), torch.float16, {"steps": self.trainer.step})
+
+
+def start_dit(args: argparse.Namespace, resume_weights: Path | None, history: dict) -> DitRun:
+    """A new DiT or the one resumed from (its checkpoint restored when there is one), its EMA, AdamW and schedule."""
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = (build_dit() if resume_weights is None else load_dit(resume_weights)).to(device).train()
+    ema = build_dit(dict(model.config), fresh_init=False).to(device).eval()
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99),
+                                  fused=device.type == "cuda")
+    point = resume_point(args.resume, int(history.get("steps", 0)),
+                         lambda first: Schedule(args.lr, first, first + args.steps, args.warmup_steps, floor=1.0))
+    trainer = Trainer({"model": model, "ema": ema}, optimizer, point.schedule, args.out,
+                      after_step=ema_updater(model, ema, args.ema_decay), log=lambda line: log(f"[dit] {line}"))
+    if point.checkpoint is not None:
+        trainer.restore(point.checkpoint)
+    return DitRun(trainer, trainer.step, history)
+
+
+def write_report(args: argparse.Namespace, run: DitRun, extra: dict, status: str, run_seconds: float) -> None:
     """Write guidance.json: configs, training record, loss curve and whatever ``extra`` holds (metrics)."""
-    curve = trainer.loss_curve
+    trainer = run.trainer
+    curve = run.history.get("loss_curve", []) + trainer.curve
+    run_steps = trainer.step - run.first_step
+    device = torch.device(args.device)
     report = {
         "status": status,
         "command": " ".join(sys.argv),
         "dit": {
-            "file": DIT_FILE, "dtype": "float16", "weights": "ema", "config": dict(trainer.ema.config),
-            "parameters": sum(p.numel() for p in trainer.ema.parameters()),
+            "file": DIT_FILE, "dtype": "float16", "weights": "ema", "config": dict(run.ema.config),
+            "parameters": sum(p.numel() for p in run.ema.parameters()),
             "objective": "rectified flow, velocity (noise - image), logit-normal t; timestep = 1000 t; null class 10",
         },
         "training": {
-            "device": str(trainer.device),
-            "gpu": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else None,
-            "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "seed": args.seed, "batch_size": args.batch_size, "schedule": trainer.schedule.to_dict(),
             "label_dropout": args.label_dropout, "ema_decay": args.ema_decay,
             "resumed_from": str(args.resume) if args.resume else None,
-            "steps": trainer.step, "run_steps": trainer.run_steps,
-            "wall_seconds": round(trainer.previous_seconds + run_seconds, 1),
-            "run_steps_per_second": round(trainer.run_steps / max(run_seconds, 1e-9), 2),
-            "loss_first": curve[0][1] if curve else None, "loss_last": curve[-1][1] if curve else None,
+            "steps": trainer.step, "run_steps": run_steps,
+            "wall_seconds": round(run.history.get("wall_seconds", 0.0) + run_seconds, 1),
+            "run_steps_per_second": round(run_steps / max(run_seconds, 1e-9), 2),
             "loss_curve": curve,
         },
         **extra,
@@ -227,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         seconds = args.classifier_seconds if args.classifier_seconds is not None else min(35.0, 0.1 * budget)
         classifier, classifier_record = train_classifier(
-            DeviceBatches(train_images, train_labels, 256, args.seed), seconds, args.seed
+            DeviceBatches(train_images, train_labels, 256, args.seed), args.classifier_steps, seconds, args.seed
         )
         classifier_record.update(file=CLASSIFIER_FILE, config=CLASSIFIER_CONFIG)
     test_probabilities, test_features = classifier.classify(to_model_range(test_images))
@@ -237,41 +234,36 @@ def main(argv: list[str] | None = None) -> None:
         log(f"[classifier] {classifier_record['steps']} steps, test accuracy {accuracy:.4f}")
     save_weights(classifier, args.out / CLASSIFIER_FILE, classifier_record["config"], torch.float32)
 
-    trainer = DitTrainer(args, resume_dit, history)
-    batches = DeviceBatches(train_images, train_labels, args.batch_size, args.seed + 3 + trainer.step)
-    dit_start = last_log = last_checkpoint = time.perf_counter()
-    window_loss, window_steps = torch.zeros((), device=args.device), 0
-    log(f"[dit] {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M parameters, from step {trainer.step}")
-    while time.perf_counter() - start < budget and (args.max_steps is None or trainer.run_steps < args.max_steps):
-        window_loss += trainer.train_step(*batches.next())
-        window_steps += 1
-        now = time.perf_counter()
-        if now - last_log >= LOG_EVERY_S:
-            mean_loss = window_loss.item() / window_steps
-            trainer.loss_curve.append([trainer.step, round(mean_loss, 5)])
-            log(f"[dit] step {trainer.step} loss {mean_loss:.4f} {window_steps / (now - last_log):.1f} steps/s "
-                f"elapsed {now - start:.0f}s")
-            window_loss, window_steps, last_log = torch.zeros((), device=args.device), 0, now
-        if now - last_checkpoint >= CHECKPOINT_EVERY_S:
-            trainer.save(args.out)
-            write_report(args, trainer, {"classifier": classifier_record}, "training", now - dit_start)
-            last_checkpoint = now
-    if window_steps:
-        trainer.loss_curve.append([trainer.step, round(window_loss.item() / window_steps, 5)])
-    run_seconds = time.perf_counter() - dit_start
-    trainer.save(args.out)
-    write_report(args, trainer, {"classifier": classifier_record}, "evaluating", run_seconds)
-    log(f"[dit] done: {trainer.run_steps} steps in {run_seconds:.0f}s ({trainer.step} in total); evaluating")
+    run = start_dit(args, resume_dit, history)
+    model = run.trainer.modules["model"]
+    batches = DeviceBatches(train_images, train_labels, args.batch_size, args.seed + 3 + run.first_step)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed + 2 + run.first_step)
+    log(f"[dit] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, steps {run.first_step}–"
+        f"{run.trainer.schedule.last_step}")
+
+    def step_loss(_: int) -> tuple[torch.Tensor, dict]:
+        images, labels = batches.next()
+        with autocast_for(torch.device(args.device)):
+            return flow_matching_loss(model, images, labels, generator, args.label_dropout), {}
+
+    def write_files(seconds: float) -> None:
+        run.save(args.out)
+        write_report(args, run, {"classifier": classifier_record}, "training", seconds)
+
+    run_seconds = run.trainer.run(step_loss, max(0.0, budget - (time.perf_counter() - start)) / 60, write_files)
+    write_report(args, run, {"classifier": classifier_record}, "evaluating", run_seconds)
+    log(f"[dit] done: {run.trainer.step - run.first_step} steps in {run_seconds:.0f}s ({run.trainer.step} in total); "
+        "evaluating")
 
     eval_start = time.perf_counter()
     reference = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))
                              .to(args.device)[: 10 * args.eval_per_class]]
-    model = EmbeddedDiT(trainer.ema, classifier, args.device, torch.float32)
+    evaluated = EmbeddedDiT(run.ema, classifier, args.device, torch.float32)
     evaluation = evaluate_dit(
-        model, test_features, reference, args.eval_per_class, steps=args.eval_steps, seed=args.seed
+        evaluated, test_features, reference, args.eval_per_class, steps=args.eval_steps, seed=args.seed
     )
     evaluation["seconds"] = round(time.perf_counter() - eval_start, 1)
-    write_report(args, trainer, {"classifier": classifier_record, "evaluation": evaluation}, "done", run_seconds)
+    write_report(args, run, {"classifier": classifier_record, "evaluation": evaluation}, "done", run_seconds)
     log(f"evaluation: {json.dumps(evaluation)}")
     log(f"wrote {args.out / DIT_FILE}, {args.out / CLASSIFIER_FILE}, {args.out / REPORT_FILE}")
 

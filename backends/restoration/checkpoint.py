@@ -1,7 +1,8 @@
-"""Saving and loading the restoration weights (safetensors) and the optimiser state used to resume training.
+"""Saving and loading the restoration weights (safetensors).
 
-``restorer.safetensors`` holds the restorer and the prompt classifier (fp32) with the restorer's config in its
-metadata, so it is self-contained; ``restorer_optim.safetensors`` holds AdamW's moments in bfloat16 and the step.
+``restorer.safetensors`` holds the restorer and the prompt classifier (fp32) with the restorer's config and the
+training step in its metadata, so it is self-contained (the optimizer state for resuming lives in the training
+core's ``checkpoint.pt``, see :mod:`backends.core.training`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from safetensors.torch import load_file, safe_open, save_file
 from backends.restoration.model import PromptClassifier, RestorationModels, RestorerConfig, TextPromptIR
 
 WEIGHTS_FILE = "restorer.safetensors"
-OPTIMIZER_FILE = "restorer_optim.safetensors"
 REPORT_FILE = "restoration.json"
 
 
@@ -47,30 +47,3 @@ def load_models(path: str | Path, device: torch.device | str = "cpu") -> Restora
     models.restorer.to(device).eval()
     models.classifier.to(device).eval()
     return models
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, names: dict[torch.nn.Parameter, str], path: str | Path,
-                   step: int) -> None:
-    """AdamW moments per parameter name, in bfloat16, plus the step count."""
-    tensors = {}
-    for parameter, state in optimizer.state.items():
-        name = names[parameter]
-        tensors[f"exp_avg.{name}"] = state["exp_avg"].to(torch.bfloat16)
-        tensors[f"exp_avg_sq.{name}"] = state["exp_avg_sq"].to(torch.bfloat16)
-    _atomic_save(tensors, Path(path), {"step": str(step)})
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, parameters: dict[str, torch.nn.Parameter],
-                   path: str | Path) -> int:
-    """Restore AdamW moments written by ``save_optimizer``; returns the saved step."""
-    tensors = load_file(str(path))
-    step = int(read_metadata(path)["step"])
-    for name, parameter in parameters.items():
-        if f"exp_avg.{name}" not in tensors:
-            continue
-        optimizer.state[parameter] = {
-            "step": torch.tensor(float(step)),
-            "exp_avg": tensors[f"exp_avg.{name}"].to(parameter.device, torch.float32),
-            "exp_avg_sq": tensors[f"exp_avg_sq.{name}"].to(parameter.device, torch.float32),
-        }
-    return step

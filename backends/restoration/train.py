@@ -1,11 +1,12 @@
-r"""Train the TextPromptIR-style restorer and the prompt classifier on a time budget.
+r"""Train the TextPromptIR-style restorer and the prompt classifier (on the core of :mod:`backends.core.training`).
 
-    python -m backends.restoration.train --device cuda --minutes 6.5 --out DIR --seed 0
+    python -m backends.restoration.train --device cuda --steps 10000 --minutes 6.5 --out DIR --seed 0
     python -m backends.restoration.train --device cpu --threads 2 --cpu-bf16 --compile --minutes 30 --out DIR2 \
-        --resume DIR/restorer.safetensors
+        --resume DIR
 
-Writes flat into DIR: restorer.safetensors (weights + config), restorer_optim.safetensors (AdamW moments for
---resume) and restoration.json (config, steps, wall time, loss curve, held-out metrics). Saves every ~60 s.
+Writes flat into DIR, every ~60 s and at the end: restorer.safetensors (weights + config), checkpoint.pt (weights,
+AdamW state, step and schedule, for --resume) and restoration.json (config, steps, wall time, loss curve; held-out
+metrics at the end).
 
 Training images: the PyPI sample photos plus the Debian photos that ``make restoration-data`` installs (without
 them it trains on the PyPI photos alone and says which are missing).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -30,16 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from backends.core.training import Schedule, Trainer, resume_point
 from backends.restoration.anchors import InstructionAnchors
-from backends.restoration.checkpoint import (
-    OPTIMIZER_FILE,
-    REPORT_FILE,
-    WEIGHTS_FILE,
-    load_models,
-    load_optimizer,
-    save_models,
-    save_optimizer,
-)
+from backends.restoration.checkpoint import REPORT_FILE, WEIGHTS_FILE, load_models, save_models
 from backends.restoration.data import TASK_WEIGHTS, BatchSampler
 from backends.restoration.evaluate import evaluate_heldout
 from backends.restoration.images import load_images, training_names
@@ -47,8 +40,6 @@ from backends.restoration.model import PromptClassifier, RestorationModels, Rest
 from backends.restoration.prompts import TASKS
 from backends.restoration.sentences import SentenceTable
 
-SAVE_EVERY_S = 60.0
-PRINT_EVERY_S = 15.0
 WARMUP_STEPS = 200
 EMBEDDING_JITTER = 0.02  # std of Gaussian noise added to sentence embeddings in training (paraphrase robustness)
 
@@ -65,23 +56,17 @@ def train_classifier(table: SentenceTable, device: torch.device, seed: int, step
     counts = torch.bincount(labels, minlength=len(TASKS)).float()
     class_weights = counts.sum() / (len(TASKS) * counts)
     embeddings = table.embeddings[rows]
-    for _ in range(steps):
+
+    def step_loss(_: int) -> tuple[torch.Tensor, dict]:
         inputs = embeddings + 0.03 * torch.randn(embeddings.shape, generator=generator, device=device)
-        loss = F.cross_entropy(classifier(inputs), labels, weight=class_weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        return F.cross_entropy(classifier(inputs), labels, weight=class_weights), {}
+
+    constant = Schedule(3e-3, 0, steps, warmup_steps=1, floor=1.0)
+    Trainer({"model": classifier}, optimizer, constant, clip=None, log=lambda line: None).run(step_loss)
     classifier.eval()
     with torch.no_grad():
         accuracy = float((classifier(embeddings).argmax(-1) == labels).float().mean())
     return classifier, accuracy
-
-
-def learning_rate(peak: float, step: int, elapsed: float, budget: float) -> float:
-    """Linear warm-up over WARMUP_STEPS, then cosine decay over the time budget (floor 1% of peak)."""
-    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
-    progress = min(1.0, elapsed / budget)
-    return peak * warmup * max(0.01, 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def run_summary(train_report: dict) -> dict:
@@ -93,10 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (``argv`` defaults to sys.argv)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--minutes", type=float, default=6.5, help="training time budget (evaluation not included)")
+    parser.add_argument("--steps", type=int, default=10000, help="steps of the learning-rate schedule")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this much training time (evaluation excluded); --resume continues")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", type=Path, help="restorer.safetensors to continue from (optimizer file beside)")
+    parser.add_argument("--resume", type=Path, help="run directory (or its restorer.safetensors) to continue from")
     parser.add_argument("--batch", type=int, help="default 24 on cuda, 8 on cpu")
     parser.add_argument("--crop", type=int, help="default 128 on cuda, 64 on cpu")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -141,11 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     table = SentenceTable(device, args.sentences)
     classifier, classifier_train_accuracy = train_classifier(table, device, args.seed)
 
-    step, history, resumed_from, previous_runs = 0, [], None, []
+    history, resumed_from, previous_runs, weights_step = [], None, [], 0
     if args.resume:
-        restorer = load_models(args.resume, device).restorer
-        resumed_from = str(args.resume)
-        previous_report = args.resume.parent / REPORT_FILE
+        weights = args.resume / WEIGHTS_FILE if args.resume.is_dir() else args.resume
+        resumed = load_models(weights, device)
+        restorer, resumed_from = resumed.restorer, str(args.resume)
+        weights_step = int(resumed.metadata.get("step", 0))
+        previous_report = weights.parent / REPORT_FILE
         if previous_report.exists():
             previous = json.loads(previous_report.read_text())["train"]
             history = previous["loss_curve"]
@@ -154,38 +143,39 @@ def main(argv: list[str] | None = None) -> None:
         blocks = tuple(int(count) for count in args.blocks.split(","))
         restorer = TextPromptIR(RestorerConfig(width=args.width, blocks=blocks)).to(device)
     restorer.train()
+    point = resume_point(args.resume, weights_step,
+                         lambda first: Schedule(args.lr, first, first + args.steps, WARMUP_STEPS, floor=0.01))
+    optimizer = torch.optim.AdamW(restorer.parameters(), lr=args.lr, weight_decay=1e-4, betas=(0.9, 0.999))
+    trainer = Trainer({"model": restorer}, optimizer, point.schedule, args.out,
+                      log=lambda line: print(line, flush=True))
+    if point.checkpoint is not None:
+        trainer.restore(point.checkpoint)
+    first_step = trainer.step
     training_forward = torch.compile(restorer) if args.compile else restorer
     models = RestorationModels(restorer, classifier)
-    parameters = dict(restorer.named_parameters())
-    names = {parameter: name for name, parameter in parameters.items()}
-    optimizer = torch.optim.AdamW(restorer.parameters(), lr=args.lr, weight_decay=1e-4, betas=(0.9, 0.999))
-    if args.resume and (args.resume.parent / OPTIMIZER_FILE).exists():
-        step = load_optimizer(optimizer, parameters, args.resume.parent / OPTIMIZER_FILE)
-    elif args.resume:
-        step = int(load_models(args.resume).metadata.get("step", 0))
-    first_step = step
 
     images = load_images(training_names(), skip_missing=True)
     task_weights = tuple(float(weight) for weight in args.task_weights.split(","))
-    sampler = BatchSampler(list(images.values()), table.train_ids, crop, device, seed=args.seed + step,
+    sampler = BatchSampler(list(images.values()), table.train_ids, crop, device, seed=args.seed + first_step,
                            task_weights=task_weights)
-    jitter = torch.Generator(device=device).manual_seed(args.seed + 7 + step)
+    jitter = torch.Generator(device=device).manual_seed(args.seed + 7 + first_step)
     parameter_count = sum(p.numel() for p in restorer.parameters())
     print(f"restorer {parameter_count / 1e6:.2f} M parameters, {len(images)} training images, batch {batch_size}"
-          f"×{crop}², device {device}, setup {time.time() - started:.1f}s", flush=True)
+          f"×{crop}², device {device}, steps {first_step}–{trainer.schedule.last_step}, "
+          f"setup {time.time() - started:.1f}s", flush=True)
 
-    def write_report(extra: dict) -> None:
+    def write_report(extra: dict, train_seconds: float) -> None:
         report = {
             "config": restorer.config.to_dict(),
             "classifier": {"hidden": 128, "tasks": list(TASKS), "train_accuracy": classifier_train_accuracy},
             "text_encoder": "all-MiniLM-L6-v2, mean-pooled and L2-normalised (backends.core.text_encoder)",
             "train": {
                 "device": torch.cuda.get_device_name(device) if on_cuda else "cpu", "bf16": autocast,
-                "seed": args.seed, "batch": batch_size, "crop": crop, "lr": args.lr, "minutes": args.minutes,
-                "task_weights": dict(zip(TASKS, task_weights, strict=True)), "training_images": list(images),
-                "resumed_from": resumed_from, "first_step": first_step, "steps": step,
-                "train_seconds": train_seconds, "wall_seconds": time.time() - started, "loss_curve": history,
-                "previous_runs": previous_runs,
+                "seed": args.seed, "batch": batch_size, "crop": crop, "schedule": trainer.schedule.to_dict(),
+                "minutes": args.minutes, "task_weights": dict(zip(TASKS, task_weights, strict=True)),
+                "training_images": list(images), "resumed_from": resumed_from, "first_step": first_step,
+                "steps": trainer.step, "train_seconds": train_seconds, "wall_seconds": time.time() - started,
+                "loss_curve": history + trainer.curve, "previous_runs": previous_runs,
             },
         }
         report.update(extra)
@@ -193,55 +183,26 @@ def main(argv: list[str] | None = None) -> None:
         temporary.write_text(json.dumps(report, indent=1))
         temporary.replace(args.out / REPORT_FILE)
 
-    def checkpoint() -> None:
-        save_models(models, args.out / WEIGHTS_FILE, step)
-        save_optimizer(optimizer, names, args.out / OPTIMIZER_FILE, step)
-        write_report({})
-
-    budget = args.minutes * 60.0
-    loop_start = time.time()
-    last_print = last_save = loop_start
-    window_losses: list[torch.Tensor] = []
-    window_start_step = step
-    train_seconds = 0.0
-    while True:
-        train_seconds = time.time() - loop_start
-        if train_seconds >= budget:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args.lr, step - first_step, train_seconds, budget)
+    def step_loss(_: int) -> tuple[torch.Tensor, dict]:
         batch = sampler.sample(batch_size)
         embeddings = table.embeddings[batch.prompt]
         embeddings = embeddings + EMBEDDING_JITTER * torch.randn(embeddings.shape, generator=jitter, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             restored = training_forward(batch.degraded, embeddings)
-        loss = F.l1_loss(restored.float(), batch.clean)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(restorer.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        window_losses.append(loss.detach())
-        now = time.time()
-        if now - last_print >= PRINT_EVERY_S:
-            mean_loss = float(torch.stack(window_losses).mean())
-            rate = (step - window_start_step) / (now - last_print)
-            history.append([round(now - loop_start, 1), step, mean_loss])
-            print(f"step {step} loss {mean_loss:.4f} {rate:.1f} steps/s lr {optimizer.param_groups[0]['lr']:.2e} "
-                  f"elapsed {now - loop_start:.0f}s", flush=True)
-            window_losses, window_start_step, last_print = [], step, now
-        if now - last_save >= SAVE_EVERY_S:
-            checkpoint()
-            last_save = time.time()
-    if window_losses:
-        history.append([round(time.time() - loop_start, 1), step, float(torch.stack(window_losses).mean())])
-    checkpoint()
-    print(f"trained {step - first_step} steps in {train_seconds:.0f}s; evaluating on held-out images", flush=True)
+        return F.l1_loss(restored.float(), batch.clean), {}
+
+    def write_files(seconds: float) -> None:
+        save_models(models, args.out / WEIGHTS_FILE, trainer.step)
+        write_report({}, seconds)
+
+    train_seconds = trainer.run(step_loss, args.minutes, write_files)
+    print(f"trained {trainer.step - first_step} steps in {train_seconds:.0f}s; evaluating on held-out images",
+          flush=True)
 
     restorer.eval()
     heldout = evaluate_heldout(restorer, classifier, table.embed, max_side=eval_side,
                                with_baselines=not args.no_baselines, anchors=InstructionAnchors(table))
-    write_report({"heldout": heldout})
+    write_report({"heldout": heldout}, train_seconds)
     for case, metrics in heldout["cases"].items():
         print(case, {key: round(value, 3) if isinstance(value, float) else value for key, value in metrics.items()},
               flush=True)

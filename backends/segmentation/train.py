@@ -1,6 +1,6 @@
-"""Train the referring segmenter on generated scenes within a time budget.
+"""Train the referring segmenter on generated scenes (on the training core of :mod:`backends.core.training`).
 
-    python -m backends.segmentation.train --minutes 40 --out DIR --seed 0 [--resume DIR/segmenter.safetensors]
+    python -m backends.segmentation.train --steps 4000 --out DIR --seed 0 [--minutes 40] [--resume DIR]
 
 Every step draws fresh training scenes (seeds below HELDOUT_SEED_START, Fashion-MNIST's train split) with several
 queries each and optimises, all at once:
@@ -11,7 +11,8 @@ queries each and optimises, all at once:
 
 With ``--augment``, for photometric variety that the scene generator does not draw, a share of the training scenes
 (never the held-out ones) is augmented: items cast soft shadows on the background (never part of an item), and the
-whole picture is blurred, JPEG-compressed or resampled through a smaller size (``augment_scene``).
+whole picture is blurred, JPEG-compressed or resampled through a smaller size, and its tones are changed by the
+colour-keeping photometric operations of RandAugment (posterize, contrast, sharpness; ``augment_scene``).
 
 A new model's frozen Fashion-MNIST prior is HeadLab's Guidance-panel classifier (``--fashion-prior``).
 
@@ -21,8 +22,9 @@ most of a fine-tune's gains with less drift from what the start model did well.
 
 Objects are the scenes' true item masks (randomly grown or shrunk by a pixel), and — once the U-Net has warmed up —
 for a share of the scenes the connected components of the U-Net's own foreground, matched to the items, so that
-the fusion also learns on the objects it will see at inference. Writes into DIR: segmenter.safetensors (every
-~60 s and at the end) and segmentation.json (config, steps, wall time, loss curve, held-out metrics).
+the fusion also learns on the objects it will see at inference. Writes into DIR, every ~60 s and at the end:
+segmenter.safetensors, segmentation.json (config, steps, runs with their schedules and loss curves; held-out
+metrics at the end) and checkpoint.pt (weights, optimizer and step, for ``--resume``).
 """
 
 from __future__ import annotations
@@ -30,21 +32,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from safetensors.torch import load_file
 from scipy import ndimage
 
 from backends.core.images import jpeg_roundtrip, resample_through
 from backends.core.text_encoder import MiniLMEncoder, TextCache
+from backends.core.training import Schedule, Trainer, resume_point
 from backends.segmentation.data import COLOUR_KEYS, HELDOUT_SEED_START, NO_COLOUR, Item, Sample, make_samples
 from backends.segmentation.evaluate import evaluate_heldout
 from backends.segmentation.model import (
@@ -58,8 +59,6 @@ from backends.segmentation.model import (
     save_weights,
 )
 
-SAVE_EVERY_S = 60.0
-LOG_EVERY_S = 15.0
 WARMUP_STEPS = 100
 OWN_OBJECTS_AFTER = 300  # steps before the U-Net's own components are used as objects
 OWN_OBJECTS_SHARE = 0.4  # share of scenes whose objects are the U-Net's components after that
@@ -67,6 +66,7 @@ AUX_WEIGHT = 0.5  # weight of the category and colour losses
 IGNORE = -100
 SHADOW_SHARE = 0.2  # training scenes whose items cast soft shadows
 DEGRADE_SHARE = 0.3  # training scenes blurred, JPEG-compressed or resampled as a whole
+TONE_SHARE = 0.3  # training scenes posterized, or with their contrast and sharpness changed
 FASHION_CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "guidance" / "classifier.safetensors"
 
 
@@ -138,14 +138,28 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(picture, np.uint8).copy()
 
 
+def change_tones(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` posterized to 3–4 bits per channel (half the time), otherwise with its contrast scaled by 0.7–1.3
+    and its sharpness by 0–2: photometric operations that keep every colour name true."""
+    picture = Image.fromarray(image)
+    if rng.random() < 0.5:
+        picture = ImageOps.posterize(picture, int(rng.integers(3, 5)))
+    else:
+        picture = ImageEnhance.Contrast(picture).enhance(rng.uniform(0.7, 1.3))
+        picture = ImageEnhance.Sharpness(picture).enhance(rng.uniform(0.0, 2.0))
+    return np.asarray(picture, np.uint8).copy()
+
+
 def augment_scene(scene: list[Sample], rng: np.random.Generator) -> list[Sample]:
     """The queries of one training scene on its augmented picture: shadows for SHADOW_SHARE of the scenes, then a
-    whole-picture degradation for DEGRADE_SHARE (independently)."""
+    whole-picture degradation for DEGRADE_SHARE and a change of tones for TONE_SHARE (each independently)."""
     image = scene[0].image
     if rng.random() < SHADOW_SHARE:
         image = cast_shadows(image, scene[0].items, rng)
     if rng.random() < DEGRADE_SHARE:
         image = degrade(image, rng)
+    if rng.random() < TONE_SHARE:
+        image = change_tones(image, rng)
     return scene if image is scene[0].image else [dataclasses.replace(sample, image=image) for sample in scene]
 
 
@@ -162,12 +176,6 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
-
-
-def learning_rate(base: float, step: int, first_step: int, progress: float) -> float:
-    """Linear warm-up over WARMUP_STEPS from the run's first step, then cosine decay to 5 % by progress 1."""
-    warm = min(1.0, (step - first_step + 1) / WARMUP_STEPS)
-    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def training_step(model: Segmenter, texts: TextCache, scenes: list[list[Sample]], step: int,
@@ -226,19 +234,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--minutes", type=float, default=40.0, help="training time budget (evaluation excluded)")
-    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps instead (0: time only)")
+    parser.add_argument("--steps", type=int, default=4000, help="steps of the learning-rate schedule")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this much training time (evaluation excluded); --resume continues")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", type=Path, default=None, help="segmenter.safetensors to continue from")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="run directory (or its segmenter.safetensors) to continue from")
     parser.add_argument("--scenes", type=int, default=8, help="scenes per step")
     parser.add_argument("--queries-per-scene", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--augment", action="store_true",
-                        help=f"cast shadows on {SHADOW_SHARE:.0%} and blur/JPEG/resampling on {DEGRADE_SHARE:.0%} of "
-                             "the training scenes")
+                        help=f"cast shadows on {SHADOW_SHARE:.0%}, blur/JPEG/resampling on {DEGRADE_SHARE:.0%} and "
+                             f"tone changes on {TONE_SHARE:.0%} of the training scenes")
     parser.add_argument("--wise-ft", type=float, default=1.0,
                         help="weight of the trained model in the final average with the resumed one (1: none)")
     parser.add_argument("--fashion-prior", type=Path, default=FASHION_CLASSIFIER,
@@ -257,82 +267,59 @@ def main(argv: list[str] | None = None) -> dict:
     if args.wise_ft != 1.0 and not args.resume:
         raise SystemExit("--wise-ft averages with the model resumed from: give --resume")
     if args.resume:
-        model, previous = load_checkpoint(args.resume)
-        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        first_step, history = int(previous.get("steps", 0)), previous.get("runs", [])
-        earlier_queries = int(previous.get("queries_seen", 0))
+        model, previous = load_checkpoint(args.resume / WEIGHTS_NAME if args.resume.is_dir() else args.resume)
+        history, earlier_queries = previous.get("runs", []), int(previous.get("queries_seen", 0))
     else:
-        model, first_step, history, earlier_queries = Segmenter(SegmenterConfig()), 0, [], 0
+        model, previous, history, earlier_queries = Segmenter(SegmenterConfig()), {}, [], 0
         model.fashion.load_state_dict({k: v.float() for k, v in load_file(str(args.fashion_prior)).items()})
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    point = resume_point(args.resume, int(previous.get("steps", 0)),
+                         lambda first: Schedule(args.lr, first, first + args.steps, WARMUP_STEPS))
     model.to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.02)
+    trainer = Trainer({"model": model}, optimizer, point.schedule, args.out, log=lambda line: print(line, flush=True))
+    if point.checkpoint is not None:
+        trainer.restore(point.checkpoint)
+    first_step = trainer.step
     texts = TextCache(MiniLMEncoder().to(args.device))
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.02)
-    generator = torch.Generator().manual_seed(args.seed)
-    rng = np.random.default_rng([args.seed, first_step])
-    budget = args.minutes * 60
     print(f"segmenter: {params / 1e6:.2f} M parameters, {args.scenes} scenes × {args.queries_per_scene} queries per "
-          f"step, device {args.device}, budget {budget:.0f} s, starting at step {first_step}", flush=True)
+          f"step, device {args.device}, steps {first_step}–{trainer.schedule.last_step}, starting at {first_step}",
+          flush=True)
 
-    curve: list[dict] = []
-
-    def metadata(step: int, elapsed: float) -> dict:
-        run = {"seed": args.seed, "device": args.device, "first_step": first_step, "last_step": step,
-               "wall_seconds": round(elapsed, 1), "scenes_per_step": args.scenes,
-               "queries_per_scene": args.queries_per_scene, "lr": args.lr, "threads": args.threads,
-               "resumed_from": str(args.resume) if args.resume else None,
-               "augmentation": {"shadow_share": SHADOW_SHARE, "degrade_share": DEGRADE_SHARE} if args.augment else None,
-               "wise_ft": args.wise_ft, "loss_curve": curve}
-        return {"config": model.config.to_dict(), "steps": step,
-                "queries_seen": earlier_queries + (step - first_step) * args.scenes * args.queries_per_scene,
+    def metadata(seconds: float) -> dict:
+        run = {"seed": args.seed, "device": args.device, "first_step": first_step, "last_step": trainer.step,
+               "wall_seconds": round(seconds, 1), "scenes_per_step": args.scenes,
+               "queries_per_scene": args.queries_per_scene, "schedule": trainer.schedule.to_dict(),
+               "threads": args.threads, "resumed_from": str(args.resume) if args.resume else None,
+               "augmentation": {"shadow_share": SHADOW_SHARE, "degrade_share": DEGRADE_SHARE,
+                                "tone_share": TONE_SHARE} if args.augment else None,
+               "wise_ft": args.wise_ft, "loss_curve": trainer.curve}
+        return {"config": model.config.to_dict(), "steps": trainer.step,
+                "queries_seen": earlier_queries + (trainer.step - first_step) * args.scenes * args.queries_per_scene,
                 "parameters": params, "weights": WEIGHTS_NAME, "text_encoder": "all-MiniLM-L6-v2 (frozen)",
                 "fashion_prior": "assets/guidance/classifier.safetensors (frozen)",
                 "torch": torch.__version__, "python": platform.python_version(), "runs": [*history, run]}
 
-    step, started = first_step, time.time()
-    last_log = last_save = started
-    window: dict[str, float] = {}
-    window_steps = 0
-    while True:
-        elapsed = time.time() - started
-        if (step - first_step >= args.steps) if args.steps else elapsed >= budget:
-            break
+    def step_loss(step: int) -> tuple[torch.Tensor, dict]:
+        rng = np.random.default_rng([args.seed, step])
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         scene_seed = (args.seed * 100_000_019 + step * args.scenes) % (HELDOUT_SEED_START - args.scenes)
         scenes = [make_samples(scene_seed + i, args.queries_per_scene) for i in range(args.scenes)]
         if args.augment:
             scenes = [augment_scene(scene, rng) for scene in scenes]
-        progress = (step - first_step) / args.steps if args.steps else elapsed / budget
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args.lr, step, first_step, progress)
-        loss, parts = training_step(model, texts, scenes, step, generator, rng)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        window_steps += 1
-        for key, value in parts.items():
-            window[key] = window.get(key, 0.0) + value
-        now = time.time()
-        if now - last_log >= LOG_EVERY_S:
-            point = {"step": step, "seconds": round(now - started, 1),
-                     **{k: round(v / window_steps, 4) for k, v in window.items()}}
-            curve.append(point)
-            print(f"step {step}  {window_steps / (now - last_log):.2f} steps/s  "
-                  + "  ".join(f"{k} {v:.3f}" for k, v in point.items() if k not in ("step", "seconds"))
-                  + f"  lr {optimizer.param_groups[0]['lr']:.2e}", flush=True)
-            last_log, window, window_steps = now, {}, 0
-        if now - last_save >= SAVE_EVERY_S:
-            save_weights(model, weights_path)
-            write_json(json_path, metadata(step, now - started))
-            last_save = now
-    train_seconds = time.time() - started
+        return training_step(model, texts, scenes, step, generator, rng)
+
+    def write_files(seconds: float) -> None:
+        save_weights(model, weights_path)
+        write_json(json_path, metadata(seconds))
+
+    seconds = trainer.run(step_loss, args.minutes, write_files)
     if args.wise_ft != 1.0:
         average_weights(model, start, args.wise_ft)
-    save_weights(model, weights_path)
-    meta = metadata(step, train_seconds)
-    write_json(json_path, meta)
-    print(f"trained {step - first_step} steps in {train_seconds:.0f} s; evaluating on {args.eval_samples} held-out "
+    write_files(seconds)
+    meta = metadata(seconds)
+    print(f"trained {trainer.step - first_step} steps in {seconds:.0f} s; evaluating on {args.eval_samples} held-out "
           f"queries", flush=True)
     model.eval()
     meta["heldout"] = evaluate_heldout(model, texts, args.eval_samples)
