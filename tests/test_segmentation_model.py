@@ -151,7 +151,8 @@ def test_metrics_summary():
 
 
 def test_training_script_runs_saves_reloads_and_resumes(tmp_path: Path):
-    args = ["--device", "cpu", "--steps", "2", "--scenes", "2", "--queries-per-scene", "2", "--eval-samples", "8"]
+    args = ["--device", "cpu", "--steps", "2", "--scenes", "2", "--queries-per-scene", "2", "--eval-samples", "8",
+            "--scene-statistics", "40"]
     train_main([*args, "--out", str(tmp_path / "a"), "--seed", "1"])
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == [CHECKPOINT_FILE, "segmentation.json", WEIGHTS_NAME]

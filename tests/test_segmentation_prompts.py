@@ -125,3 +125,21 @@ def test_long_expressions_are_truncated_with_a_note(service: SegmentationService
     assert len(info["tokens"]) == 32 and info["token"] == 31
     with pytest.raises(ServiceError, match="token must be 0…31"):
         service.call("segment_attention", scene, expression, "", "", -1, -1, 32)
+
+
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
+          "page", "rocket")
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_every_photo_gets_the_out_of_domain_note(service: SegmentationService, name: str):
+    photo = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+    _, summary = service.call("segment", photo, "the bag", "", "", "")
+    assert "unlike the embedded model" in summary["out_of_domain"]
+
+
+def test_generated_scenes_seldom_get_the_out_of_domain_note(service: SegmentationService):
+    noted = [service.call("segment", Image.fromarray(make_samples(HELDOUT_SEED_START + 900 + i, size=size)[0].image),
+                          "the bag", "", "", "")[1]["out_of_domain"] is not None
+             for i in range(20) for size in (128, 256)]
+    assert sum(noted) <= 0.1 * len(noted)  # the scene radius alone is exceeded by 0.5 % of them

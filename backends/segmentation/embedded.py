@@ -1,9 +1,10 @@
 """The embedded referring segmenter (trained by HeadLab) as a service adapter, with per-image feature caching.
 
-Images whose objects the model does not recognise confidently (mean top category probability below
-KNOWN_CONFIDENCE) get an out-of-domain note. When include clicks or a box are given and the image is out of domain,
-or none of the model's objects lies under an include click or mostly inside the box, the classical GrabCut
-segmenter answers instead (``answered_by`` says so).
+Images unlike the model's world get an out-of-domain note: pictures far from the generator's scenes (their
+pooled U-Net features beyond the model's ``scene_radius``, see :mod:`backends.segmentation.model`) and pictures
+whose objects the model does not recognise confidently (mean top category probability below KNOWN_CONFIDENCE).
+When include clicks or a box are given and the image is out of domain, or none of the model's objects lies under an
+include click or mostly inside the box, the classical GrabCut segmenter answers instead (``answered_by`` says so).
 
 Any image is letterboxed to the model's square input (padded with its mean colour, aspect ratio kept); clicks and
 the box are mapped into that frame, and the candidate maps are cropped back and resized to the image. The
@@ -48,7 +49,8 @@ TEXT_CACHE_SIZE = 256
 KNOWN_CONFIDENCE = 0.6  # mean top category probability of the objects below which the image is out of domain
 BOX_SHARE = 0.5  # an object with at least this share of its pixels inside the box is one the box points at
 OUT_OF_DOMAIN_NOTE = ("This image looks unlike the embedded model's world: it learned clothing items and simple "
-                      "shapes on generated scenes and recognises none of them confidently here. Clicks and a box "
+                      "shapes on generated scenes, and this picture is unlike those scenes or shows none of those "
+                      "items clearly. Clicks and a box "
                       "still get an answer (from the classical GrabCut segmenter when the model has no item "
                       "there); for text on real photos choose the hub model (CLIPSeg + SAM).")
 
@@ -204,10 +206,10 @@ class EmbeddedSegmenter:
         return kept, [f"the expression has {len(ids)} tokens; the text encoder reads {limit}, so only "
                       f"\"{kept}\" was used"]
 
-    @staticmethod
-    def _out_of_domain(features: ImageFeatures) -> bool:
-        """Whether the objects found are ones the model does not recognise (mean top category probability)."""
-        if features.tokens.shape[0] == 0:
+    def _out_of_domain(self, features: ImageFeatures) -> bool:
+        """Whether the picture is far from the training scenes, or its objects are ones the model does not
+        recognise (mean top category probability)."""
+        if features.tokens.shape[0] == 0 or features.scene_distance > float(self.model.scene_radius):
             return True
         confidence = features.category_logits.softmax(-1).amax(-1).mean()
         return bool(confidence < KNOWN_CONFIDENCE)

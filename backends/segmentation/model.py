@@ -17,6 +17,11 @@
 :meth:`Segmenter.encode_image` (steps 1–3) runs once per image and is cached by the service; :meth:`Segmenter.decode`
 (step 4) is all a further query costs.
 
+How familiar a picture is: the U-Net's deepest features, pooled over the image (mean and standard deviation per
+channel), have a Mahalanobis distance to their distribution over the generator's training scenes; ``scene_radius``
+is the distance that only 0.5 % of held-out generator scenes exceed (fitted by :func:`fit_scene_statistics` and
+stored with the weights; infinite, never exceeded, until fitted).
+
 The fusion's attention heads form the panel's head stack (:func:`head_stack`): its layers are the three attention
 modules of each block in the order they run (objects→words, objects→objects, words→objects), each with
 ``config.heads`` heads. ``decode(..., heads_off=...)`` switches heads off for that call only, per query row, by zero
@@ -45,12 +50,15 @@ from backends.segmentation.data import (
     BOX_TOP_LEFT,
     CATEGORIES,
     COLOUR_KEYS,
+    HELDOUT_SEED_START,
     NEGATIVE,
     POSITIVE,
+    make_samples,
 )
 
 WEIGHTS_NAME = "segmenter.safetensors"
 CONFIG_NAME = "segmentation.json"
+SCENE_STATISTICS_SEED = 30_000_000  # first scene seed of fit_scene_statistics (training and held-out ranges)
 MIN_OBJECT_AREA = 12  # pixels (at the model's input size); smaller foreground specks are not objects
 GEOMETRY_FEATURES = 7  # x0, y0, x1, y1, centre x, centre y, sqrt(area), all in [0, 1]
 PAIR_FEATURES = 4  # see pairwise_geometry
@@ -123,15 +131,21 @@ class ForegroundNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits."""
+        return self.encode(image)[0]
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pixel logits [B, S, S] and the deepest features pooled over the image [B, 2·widths[3]] (their mean
+        and standard deviation per channel)."""
         skips = []
         x = image
         for down in self.downs:
             x = down(x)
             skips.append(x)
+        summary = torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1)
         for level in (2, 1, 0):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.ups[level](torch.cat([x, skips[level]], dim=1))
-        return self.head(x)[:, 0]
+        return self.head(x)[:, 0], summary
 
 
 def find_objects(foreground: np.ndarray, max_objects: int) -> np.ndarray:
@@ -340,6 +354,7 @@ class ImageFeatures:
     tokens: torch.Tensor  # [N, dim]
     category_logits: torch.Tensor  # [N, len(CATEGORIES)]
     colour_logits: torch.Tensor  # [N, len(COLOUR_KEYS)]
+    scene_distance: float = 0.0  # how far the picture is from the training scenes (see Segmenter.scene_radius)
 
 
 @dataclass
@@ -395,6 +410,10 @@ class Segmenter(nn.Module):
         self.referred_head = _mlp(d, d, 1)
         self.register_buffer("pixel_mean", torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
+        summary = 2 * config.widths[3]
+        self.register_buffer("scene_mean", torch.zeros(summary))
+        self.register_buffer("scene_precision", torch.zeros(summary, summary))
+        self.register_buffer("scene_radius", torch.tensor(math.inf))
 
     def train(self, mode: bool = True) -> Segmenter:
         """Like nn.Module.train, but the frozen Fashion-MNIST classifier always stays in eval mode (no dropout)."""
@@ -444,13 +463,20 @@ class Segmenter(nn.Module):
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> list[ImageFeatures]:
         """:meth:`encode_image` of each image of a batch [B, 3, S, S], each network running once for the batch."""
-        foregrounds = torch.sigmoid(self.foreground(self.normalise(images)))
+        logits, summaries = self.foreground.encode(self.normalise(images))
+        foregrounds = torch.sigmoid(logits)
         masks = [torch.from_numpy(find_objects((f > 0.5).cpu().numpy(), self.config.max_objects)).to(images.device)
                  for f in foregrounds]
         found = self.embed_objects_of(list(images), masks)
-        for features, foreground in zip(found, foregrounds, strict=True):
-            features.foreground = foreground
+        for features, foreground, distance in zip(found, foregrounds, self.scene_distances(summaries).tolist(),
+                                                  strict=True):
+            features.foreground, features.scene_distance = foreground, distance
         return found
+
+    def scene_distances(self, summaries: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distances [B] of pooled U-Net features [B, F] to the training scenes' distribution."""
+        centred = summaries - self.scene_mean
+        return torch.einsum("bf,fg,bg->b", centred, self.scene_precision, centred).clamp(min=0).sqrt()
 
     def decode(self, objects: list[ImageFeatures], text_tokens: torch.Tensor, text_mask: torch.Tensor,
                prompts: torch.Tensor, return_attention: bool = False, heads_off: torch.Tensor | None = None
@@ -503,6 +529,31 @@ def candidate_sets(probabilities: np.ndarray, count: int = 3) -> list[tuple[np.n
     while len(sets) < count:  # fewer objects than candidates: repeat the best set
         sets.append((best, base))
     return sets
+
+
+@torch.no_grad()
+def fit_scene_statistics(model: Segmenter, scenes: int = 1000) -> None:
+    """Fit the model's scene statistics in place: the mean and precision of the pooled U-Net features over
+    ``scenes`` training scenes, and as radius the distance that 0.5 % of ``scenes // 2`` held-out scenes exceed."""
+    def summaries(seeds: range) -> torch.Tensor:
+        chunks = []
+        for start in range(seeds.start, seeds.stop, 50):
+            images = np.stack([make_samples(seed, 1)[0].image for seed in range(start, min(start + 50, seeds.stop))])
+            batch = torch.from_numpy(images).to(model.pixel_mean.device).permute(0, 3, 1, 2).float() / 255
+            chunks.append(model.foreground.encode(model.normalise(batch))[1])
+        return torch.cat(chunks).double()
+
+    was_training = model.training
+    model.eval()
+    train = summaries(range(SCENE_STATISTICS_SEED, SCENE_STATISTICS_SEED + scenes))
+    covariance = torch.cov(train.T) + 1e-3 * torch.eye(train.shape[1], dtype=train.dtype, device=train.device)
+    model.scene_mean.copy_(train.mean(0))
+    model.scene_precision.copy_(torch.linalg.inv(covariance))
+    model.scene_radius.fill_(math.inf)
+    held_out = summaries(range(HELDOUT_SEED_START + SCENE_STATISTICS_SEED, HELDOUT_SEED_START + SCENE_STATISTICS_SEED
+                               + max(2, scenes // 2)))
+    model.scene_radius.fill_(float(torch.quantile(model.scene_distances(held_out.float()), 0.995)))
+    model.train(was_training)
 
 
 def load_checkpoint(path) -> tuple[Segmenter, dict]:

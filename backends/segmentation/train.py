@@ -24,7 +24,8 @@ Objects are the scenes' true item masks (randomly grown or shrunk by a pixel), a
 for a share of the scenes the connected components of the U-Net's own foreground, matched to the items, so that
 the fusion also learns on the objects it will see at inference. Writes into DIR, every ~60 s and at the end:
 segmenter.safetensors, segmentation.json (config, steps, runs with their schedules and loss curves; held-out
-metrics at the end) and checkpoint.pt (weights, optimizer and step, for ``--resume``).
+metrics at the end) and checkpoint.pt (weights, optimizer and step, for ``--resume``). The final weights carry
+their scene statistics (``fit_scene_statistics``), by which the service tells pictures unlike the training scenes.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from backends.segmentation.model import (
     Segmenter,
     SegmenterConfig,
     find_objects,
+    fit_scene_statistics,
     load_checkpoint,
     save_weights,
 )
@@ -251,6 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"tone changes on {TONE_SHARE:.0%} of the training scenes")
     parser.add_argument("--wise-ft", type=float, default=1.0,
                         help="weight of the trained model in the final average with the resumed one (1: none)")
+    parser.add_argument("--scene-statistics", type=int, default=1000,
+                        help="training scenes the final weights' scene statistics are fitted on (half as many "
+                             "held-out ones set the radius)")
     parser.add_argument("--fashion-prior", type=Path, default=FASHION_CLASSIFIER,
                         help="frozen Fashion-MNIST classifier weights for a new model (trained by the Guidance panel)")
     return parser.parse_args(argv)
@@ -317,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = trainer.run(step_loss, args.minutes, write_files)
     if args.wise_ft != 1.0:
         average_weights(model, start, args.wise_ft)
+    fit_scene_statistics(model, args.scene_statistics)
     write_files(seconds)
     meta = metadata(seconds)
     print(f"trained {trainer.step - first_step} steps in {seconds:.0f} s; evaluating on {args.eval_samples} held-out "
